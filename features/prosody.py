@@ -1,0 +1,122 @@
+"""Prosodic units with Praat (parselmouth): silences, verbal / non-verbal, phrase boundaries.
+
+Hsu & Wu, "Attentively-Coupled LSTM for Audio-Visual Emotion Recognition" (``shared/papers/000``),
+§II and §III-A: each clip is cut into segments, the recognition unit of the segment-based models,
+by silence detection (EasyAlign-style, i.e. Praat's intensity-based silence detector),
+verbal / non-verbal segment detection, and prosodic phrase detection (Dominguez et al. 2016:
+pauses and F0 resets mark phrase boundaries). The papers give no numbers for these steps; the
+rule used here, and its defaults, are:
+
+1. **Silence**: Praat ``To TextGrid (silences)`` on the intensity contour (pitch floor 100 Hz):
+   an interval is silent when its intensity lies more than ``silence_db`` (−25 dB) below the
+   clip's maximum for at least ``min_silence_s`` (0.10 s); sounding intervals last at least
+   ``min_sounding_s`` (0.05 s).
+2. **Verbal / non-verbal**: a sounding interval is *verbal* when at least ``min_voiced`` (30 %) of
+   its 10 ms pitch frames are voiced (Praat ``To Pitch``, 75-600 Hz) and its mean intensity is
+   within ``verbal_db`` (20 dB) of the loudest sounding interval; otherwise *non-verbal*
+   (breath, laugh, noise).
+3. **Phrase boundaries**: a verbal interval is split where, after an unvoiced gap of at least
+   ``reset_gap_s`` (0.05 s), the median F0 of the next 100 ms lies at least ``reset_st``
+   (3 semitones) above the median F0 of the 100 ms before the gap (an F0 reset), provided both
+   parts last at least ``min_unit_s`` (0.3 s).
+
+The units tile the clip from 0 to its duration without gaps or overlaps.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from features.errors import ClipError, ParameterError
+
+SILENCE, VERBAL, NONVERBAL = 0, 1, 2
+UNIT_KINDS = {SILENCE: "silence", VERBAL: "verbal", NONVERBAL: "nonverbal"}
+PITCH_STEP_S = 0.01
+
+
+def prosodic_units(*, y: np.ndarray, sr: int, silence_db: float = -25.0, min_silence_s: float = 0.10,
+                   min_sounding_s: float = 0.05, pitch_floor: float = 75.0, pitch_ceiling: float = 600.0,
+                   min_voiced: float = 0.3, verbal_db: float = 20.0, reset_gap_s: float = 0.05,
+                   reset_st: float = 3.0, min_unit_s: float = 0.3) -> np.ndarray:
+    """Cut a mono signal into prosodic units (see the module docstring for the rule).
+
+    Returns
+    -------
+    units : np.ndarray, shape (n_units, 3), float64 — columns t_begin (s), t_end (s), kind
+        (0 silence, 1 verbal, 2 non-verbal), in time order, tiling [0, len(y) / sr].
+    """
+    import parselmouth
+    from parselmouth.praat import call
+
+    if silence_db >= 0:
+        raise ParameterError(f"silence_db is relative to the maximum and must be < 0, got {silence_db}")
+    if not 0 < pitch_floor < pitch_ceiling:
+        raise ParameterError(f"need 0 < pitch_floor < pitch_ceiling, got {pitch_floor}, {pitch_ceiling}")
+    y = np.asarray(y, dtype=np.float64)
+    duration = y.size / sr
+    if duration < 0.1:  # Praat's intensity analysis needs 6.4 / 100 Hz = 64 ms plus margin
+        raise ClipError("too_short", f"{duration * 1000:.0f} ms of audio is too short for prosodic analysis")
+    if not np.any(np.abs(y) > 1e-6):
+        return np.array([[0.0, duration, SILENCE]])
+    sound = parselmouth.Sound(y, sampling_frequency=sr)
+    intensity = sound.to_intensity(minimum_pitch=100.0, time_step=PITCH_STEP_S)
+    db, db_t = intensity.values[0], intensity.xs()
+    grid = call(intensity, "To TextGrid (silences)", silence_db, min_silence_s, min_sounding_s,
+                "silent", "sounding")
+    intervals = []
+    for i in range(1, int(call(grid, "Get number of intervals", 1)) + 1):
+        t0 = call(grid, "Get start time of interval", 1, i)
+        t1 = call(grid, "Get end time of interval", 1, i)
+        intervals.append((t0, t1, call(grid, "Get label of interval", 1, i) == "sounding"))
+
+    pitch = sound.to_pitch(time_step=PITCH_STEP_S, pitch_floor=pitch_floor, pitch_ceiling=pitch_ceiling)
+    f0, f0_t = pitch.selected_array["frequency"], pitch.xs()
+
+    def mean_db(t0, t1):
+        sel = db[(db_t >= t0) & (db_t < t1)]
+        return float(np.mean(sel)) if sel.size else -np.inf
+
+    loudest = max((mean_db(t0, t1) for t0, t1, s in intervals if s), default=-np.inf)
+    units = []
+    for t0, t1, sounding in intervals:
+        if not sounding:
+            units.append((t0, t1, SILENCE))
+            continue
+        sel = (f0_t >= t0) & (f0_t < t1)
+        voiced = float(np.mean(f0[sel] > 0)) if sel.any() else 0.0
+        if voiced >= min_voiced and mean_db(t0, t1) >= loudest - verbal_db:
+            cuts = _f0_resets(f0, f0_t, t0, t1, reset_gap_s, reset_st, min_unit_s)
+            edges = [t0, *cuts, t1]
+            units.extend((a, b, VERBAL) for a, b in zip(edges[:-1], edges[1:]))
+        else:
+            units.append((t0, t1, NONVERBAL))
+    out = np.array(units, dtype=np.float64)
+    out[0, 0], out[-1, 1] = 0.0, duration
+    return out
+
+
+def _f0_resets(f0, f0_t, t0, t1, gap_s, reset_st, min_unit_s) -> list[float]:
+    """Times inside (t0, t1) where F0 resets upward after an unvoiced gap (rule 3)."""
+    sel = np.flatnonzero((f0_t >= t0) & (f0_t < t1))
+    v = f0[sel] > 0
+    cuts, last = [], t0
+    ctx = int(round(0.1 / PITCH_STEP_S))
+    i = 0
+    while i < v.size:
+        if v[i]:
+            i += 1
+            continue
+        j = i
+        while j < v.size and not v[j]:
+            j += 1
+        if i > 0 and j < v.size and (j - i) * PITCH_STEP_S >= gap_s:
+            before = f0[sel[max(0, i - ctx): i]]
+            after = f0[sel[j: j + ctx]]
+            before, after = before[before > 0], after[after > 0]
+            t_cut = float(f0_t[sel[i]] + f0_t[sel[j]]) / 2
+            if (before.size and after.size
+                    and 12 * np.log2(np.median(after) / np.median(before)) >= reset_st
+                    and t_cut - last >= min_unit_s and t1 - t_cut >= min_unit_s):
+                cuts.append(t_cut)
+                last = t_cut
+        i = j
+    return cuts

@@ -1,0 +1,231 @@
+"""The shard format: the only code that knows the HDF5 layout.
+
+A file (stage output or shard) is a set of groups; each group holds equally long 1-D/2-D arrays
+whose rows are one kind of thing, plus ``offsets`` when the rows are ragged per clip:
+rows ``offsets[c]:offsets[c + 1]`` belong to clip ``c`` (the clip's index in ``clips/id``).
+No HDF5 variable-length numeric data; strings are UTF-8. Root attributes are JSON strings.
+
+Layout of a shard (``h5ls -r`` output is in README.md)::
+
+    /clips/{id, status, reason, label, speaker, transcript, source, source_sha256,
+            orig_sr, n_channels, duration_s}           one row per clip; status "ok" or a code
+    /vad/{weight, offsets}                           one 0/1 weight per 10 ms
+    /frames/{logmel (F, 64) float32, voiced, offsets}  one row per 25 ms frame, 10 ms hop
+    /units/{t_begin, t_end, kind, offsets}           prosodic units (features.prosody)
+    /windows/{clip, unit, frames (W, 64), t_begin, t_end, weight, offsets}
+                                                     655 ms windows; frames index the clip's
+                                                     rows of /frames (never copies of them)
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from features.errors import ParameterError
+
+FORMAT_VERSION = 1
+CHUNK_BYTES = 256 * 1024
+# Chosen by bench/bench_reader.py (README "Benchmarks"): log-mel floats barely compress, and
+# gzip costs the reader far more than it saves on disk; lzf keeps the integer tables small.
+COMPRESSION = {"f": None, "i": "lzf", "u": "lzf", "O": None, "S": None}
+STR = None  # set lazily: h5py.string_dtype("utf-8")
+
+
+def pack(arrays: Sequence[np.ndarray], *, dtype=None, row_shape: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-clip arrays; returns (rows, offsets) with offsets of length n_clips + 1."""
+    lengths = [len(a) for a in arrays]
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if arrays and offsets[-1] > 0:
+        rows = np.concatenate([np.asarray(a, dtype=dtype).reshape(-1, *row_shape) for a in arrays])
+    else:
+        rows = np.zeros((0, *row_shape), dtype=dtype or np.float32)
+    return rows, offsets
+
+
+def _str_dtype():
+    import h5py
+
+    return h5py.string_dtype("utf-8")
+
+
+def _create(group, name: str, data: np.ndarray):
+    data = np.asarray(data)
+    if data.dtype.kind in "OUS":
+        return group.create_dataset(name, data=np.asarray(data, dtype=object).astype(str).tolist(),
+                                    dtype=_str_dtype())
+    if data.size == 0:
+        return group.create_dataset(name, data=data)
+    row_bytes = max(1, data.itemsize * int(np.prod(data.shape[1:], dtype=np.int64)))
+    rows = int(max(1, min(len(data), CHUNK_BYTES // row_bytes)))
+    comp = COMPRESSION.get(data.dtype.kind)
+    return group.create_dataset(name, data=data, chunks=(rows, *data.shape[1:]),
+                                compression=comp, shuffle=comp is not None and data.itemsize > 1)
+
+
+def write(path: str | os.PathLike, *, attrs: Mapping, groups: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Write ``groups`` ({group: {name: array}}) and JSON ``attrs`` to a new HDF5 file at ``path``.
+
+    Callers write to a temporary name and rename (Luigi's ``temporary_path``).
+    """
+    import h5py
+
+    with h5py.File(path, "w", libver=("earliest", "v110")) as f:
+        _set_attrs(f, attrs)
+        for gname, arrays in groups.items():
+            g = f.require_group(gname)
+            for name, data in arrays.items():
+                _create(g, name, data)
+
+
+def _set_attrs(f, attrs: Mapping) -> None:
+    f.attrs["format_version"] = FORMAT_VERSION
+    for key, value in attrs.items():
+        f.attrs[key] = json.dumps(value, sort_keys=True, default=str)
+
+
+def read_attrs(path: str | os.PathLike) -> dict:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return _get_attrs(f)
+
+
+def _get_attrs(f) -> dict:
+    out = {}
+    for key, value in f.attrs.items():
+        out[key] = json.loads(value) if isinstance(value, str) else value.item() if hasattr(value, "item") else value
+    return out
+
+
+def read_group(path: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
+    """All arrays of one group, strings decoded to ``str``."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {k: _read(ds) for k, ds in f[name].items()}
+
+
+def _read(ds) -> np.ndarray:
+    if ds.dtype.kind == "O" or ds.dtype.kind == "S":
+        return ds.asstr()[()] if ds.shape else np.array([], dtype=object)
+    return ds[()]
+
+
+def assemble(path: str | os.PathLike, *, sources: Iterable[str | os.PathLike], attrs: Mapping,
+             groups: Mapping[str, Mapping[str, np.ndarray]], skip: Iterable[str] = ()) -> None:
+    """Write a shard: ``groups`` plus every dataset of the ``sources`` files, copied unchanged.
+
+    A dataset present in several sources must be equal in all (e.g. ``frames/offsets``);
+    ``skip`` names datasets or groups not to copy (``"clips"``, ``"audio/waveform"``).
+    """
+    import h5py
+
+    write(path, attrs=attrs, groups=groups)
+    skip = set(skip)
+    with h5py.File(path, "a") as out:
+        for src in sources:
+            with h5py.File(src, "r") as f:
+                for gname, g in f.items():
+                    if gname in skip or gname in groups:
+                        continue
+                    dst = out.require_group(gname)
+                    for name, ds in g.items():
+                        key = f"{gname}/{name}"
+                        if key in skip:
+                            continue
+                        if name in dst:
+                            if not np.array_equal(dst[name][()], ds[()]):
+                                raise ParameterError(f"{key} differs between the sources of {path}")
+                            continue
+                        f.copy(ds, dst, name=name)
+
+
+class Shard:
+    """Read one shard. Opens the file on first use in the calling process (DataLoader-safe).
+
+    >>> s = Shard(path); x = s.window(0)          # (64 mels, 64 frames, 3) float32
+    >>> s.clips["id"], s.clips["status"], s.windows["clip"], s.logmel(c)
+    """
+
+    def __init__(self, path: str | os.PathLike, *, cache_bytes: int = 64 * 1024 * 1024):
+        self.path = os.fspath(path)
+        self._cache_bytes = cache_bytes
+        self._f = None
+        self._pid = None
+        self._clips = self._windows = None
+
+    def _file(self):
+        import h5py
+
+        if self._f is None or self._pid != os.getpid():
+            self._f = h5py.File(self.path, "r", rdcc_nbytes=self._cache_bytes, rdcc_nslots=10007)
+            self._pid = os.getpid()
+        return self._f
+
+    def __getstate__(self):  # a pickled reader (DataLoader worker) opens the file anew
+        return {"path": self.path, "cache_bytes": self._cache_bytes}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], cache_bytes=state["cache_bytes"])
+
+    def close(self) -> None:
+        if self._f is not None and self._pid == os.getpid():
+            self._f.close()
+        self._f = None
+
+    @property
+    def attrs(self) -> dict:
+        return _get_attrs(self._file())
+
+    def group(self, name: str) -> dict[str, np.ndarray]:
+        return {k: _read(ds) for k, ds in self._file()[name].items()}
+
+    @property
+    def clips(self) -> dict[str, np.ndarray]:
+        if self._clips is None:
+            self._clips = self.group("clips")
+        return self._clips
+
+    @property
+    def windows(self) -> dict[str, np.ndarray]:
+        """The window table (``clip``, ``unit``, ``frames``, ``t_begin``, ``t_end``, ``weight``)."""
+        if self._windows is None:
+            self._windows = self.group("windows")
+            self._frame_offsets = self._file()["frames/offsets"][()]
+        return self._windows
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.windows["clip"])
+
+    def _ragged(self, group: str, name: str, clip: int) -> np.ndarray:
+        f = self._file()
+        off = f[f"{group}/offsets"]
+        return f[f"{group}/{name}"][off[clip]:off[clip + 1]]
+
+    def logmel(self, clip: int) -> np.ndarray:
+        """(n_frames, n_mels) log-mel frames of clip ``clip``."""
+        return self._ragged("frames", "logmel", clip)
+
+    def vad(self, clip: int) -> np.ndarray:
+        return self._ragged("vad", "weight", clip)
+
+    def units(self, clip: int) -> dict[str, np.ndarray]:
+        return {k: self._ragged("units", k, clip) for k in ("t_begin", "t_end", "kind")}
+
+    def window_frames(self, i: int) -> np.ndarray:
+        """(64, n_mels) log-mel rows of window ``i`` (gathered, not stored twice)."""
+        w = self.windows
+        idx = self._frame_offsets[w["clip"][i]] + w["frames"][i]
+        block = self._file()["frames/logmel"][idx[0]: idx[-1] + 1]
+        return block[idx - idx[0]]
+
+    def window(self, i: int) -> np.ndarray:
+        """The AVEF 64×64×3 image of window ``i``: (n_mels, n_frames, (S, Δ, ΔΔ)) float32."""
+        from features.audio import window_image
+
+        return window_image(self.window_frames(i))

@@ -1,0 +1,1 @@
+"""Fusion models and trainers that read only the shards (``features.store.Shard``)."""

@@ -1,0 +1,18 @@
+"""Luigi tasks of the feature store. ``luigi --module pipeline BuildShards --dataset demo``.
+
+Importing this package loads ``workflows.cfg`` (next to the package) unless ``LUIGI_CONFIG_PATH``
+names another configuration, which then wins.
+"""
+import os
+
+import luigi.configuration
+
+WORKFLOWS_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows.cfg")
+if not os.environ.get("LUIGI_CONFIG_PATH") and os.path.isfile(WORKFLOWS_CFG):
+    luigi.configuration.add_config_path(WORKFLOWS_CFG)
+
+from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment  # noqa: E402
+from pipeline.base import paths  # noqa: E402
+from pipeline.shards import BuildShards, Shard  # noqa: E402
+
+__all__ = ["BuildShards", "Decode", "LogMel", "Prosody", "Segment", "Shard", "VAD", "paths"]

@@ -1,0 +1,122 @@
+"""The shard of a batch (every stage joined into one self-describing file) and the entry point."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+import luigi
+import numpy as np
+
+from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment, clip_table, read_input
+from pipeline.base import BatchTask, digest, logger, n_batches, paths
+from pipeline.manifest import get_dataset
+
+SHARD_CODE_VERSION = "1"
+
+
+class Shard(BatchTask):
+    """One shard: clip table with labels and final status, VAD, frames, units and windows."""
+
+    STAGE = "shards"
+    CODE_VERSION = SHARD_CODE_VERSION
+
+    def requires(self):
+        return {"decode": self.clone(Decode), "vad": self.clone(VAD), "prosody": self.clone(Prosody),
+                "logmel": self.clone(LogMel), "segment": self.clone(Segment)}
+
+    def chain(self) -> dict:
+        chain = super().chain()
+        chain["labels"] = digest([(c.id, c.label, c.speaker, c.extra) for c in self.clips()])
+        return chain
+
+    def output(self):
+        return luigi.LocalTarget(os.path.join(self.stage_dir(), f"shard-{self.batch:04d}.h5"))
+
+    def run(self):
+        from features import store
+
+        inp = self.requires()
+        dec, seg = read_input(inp["decode"]), read_input(inp["segment"])
+        clips = self.clips()
+        table = dict(dec["clips"])
+        table.update(clip_table(clips, seg["clips"]["status"], seg["clips"]["reason"]))
+        table["source"] = np.array([os.path.relpath(c.path, get_dataset(self.manifest, self.dataset).root_dir)
+                                    if c.path else "" for c in clips], dtype=object)
+        table["label"] = np.array([c.label for c in clips], dtype=object)
+        table["speaker"] = np.array([c.speaker for c in clips], dtype=object)
+        for column in ("transcript", "valence", "arousal", "partition"):
+            values = [dict(c.extra).get(column) for c in clips]
+            if any(v is not None for v in values):
+                table[column] = np.array([v or "" for v in values], dtype=object)
+        attrs = self.provenance()
+        attrs["config"] = {name: t.own_params() for name, t in inp.items()}
+        attrs["stages"] = {name: t.chain_digest() for name, t in inp.items()}
+        attrs["manifest"] = {k: v for k, v in vars(get_dataset(self.manifest, self.dataset)).items()
+                             if k not in ("manifest", "root")}
+        self.write_stage_json()
+        with self.output().temporary_path() as tmp:
+            store.assemble(tmp, sources=[t.output().path for t in inp.values()], attrs=attrs,
+                           groups={"clips": table}, skip=("clips", "audio"))
+
+
+def summarize(shard_paths: list[str]) -> dict:
+    """Counts over the shards: clips ok, clips failed by status, windows, and the paths."""
+    from features import store
+
+    by_status, windows, failed = collections.Counter(), 0, []
+    for path in shard_paths:
+        clips = store.read_group(path, "clips")
+        by_status.update(clips["status"].tolist())
+        failed += [f"{i}: {r}" for i, s, r in zip(clips["id"], clips["status"], clips["reason"]) if s != "ok"]
+        windows += len(store.read_group(path, "windows")["clip"])
+    ok = by_status.pop("ok", 0)
+    return {"clips_ok": ok, "clips_failed": dict(sorted(by_status.items())), "windows": windows,
+            "failed": failed, "shards": shard_paths}
+
+
+def format_summary(dataset: str, s: dict) -> str:
+    lines = [f"BuildShards {dataset}: {s['clips_ok']} clips ok, "
+             f"{sum(s['clips_failed'].values())} failed, {s['windows']} windows, {len(s['shards'])} shards"]
+    lines += [f"  failed {k}: {v}" for k, v in s["clips_failed"].items()]
+    lines += [f"    {line}" for line in s["failed"][:20]]
+    lines += [f"  shard {p}" for p in s["shards"]]
+    return "\n".join(lines)
+
+
+class BuildShards(luigi.Task):
+    """Entry point: ``luigi --module pipeline BuildShards --dataset NAME [--local-scheduler]``."""
+
+    dataset = luigi.Parameter(description="dataset name in the manifest")
+    batch_size = luigi.IntParameter(default=64, description="clips per batch (shard)")
+    manifest = luigi.Parameter(config_path={"section": "paths", "name": "manifest"})
+    store = luigi.Parameter(config_path={"section": "paths", "name": "store"})
+
+    def requires(self):
+        n = len(get_dataset(self.manifest, self.dataset).list_clips())
+        return [Shard(dataset=self.dataset, batch=k, batch_size=self.batch_size, manifest=self.manifest,
+                      store=self.store) for k in range(n_batches(n, self.batch_size))]
+
+    def output(self):
+        key = digest(sorted(t.chain_digest() for t in self.requires()))
+        return luigi.LocalTarget(os.path.join(self.store, self.dataset, "builds", f"{key}.json"))
+
+    def run(self):
+        summary = summarize([t.output().path for t in self.requires()])
+        with self.output().temporary_path() as tmp, open(tmp, "w") as f:
+            json.dump(summary, f, indent=1)
+        print(format_summary(self.dataset, summary), flush=True)
+
+
+@BuildShards.event_handler(luigi.Event.DEPENDENCY_PRESENT)
+def _print_existing_summary(task):
+    """A rerun with nothing to do still ends with the summary of what is there."""
+    if isinstance(task, BuildShards):
+        try:
+            with open(task.output().path) as f:
+                print(format_summary(task.dataset, json.load(f)), flush=True)
+        except (OSError, ValueError) as err:
+            logger.warning("cannot read the build summary %s: %s", task.output().path, err)
+
+
+__all__ = ["BuildShards", "Shard", "paths"]
