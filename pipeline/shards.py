@@ -52,6 +52,7 @@ class Shard(BatchTask):
         attrs = self.provenance()
         attrs["config"] = {name: t.own_params() for name, t in inp.items()}
         attrs["stages"] = {name: t.chain_digest() for name, t in inp.items()}
+        attrs["code_versions"] = {name: t.CODE_VERSION for name, t in inp.items()}
         attrs["manifest"] = {k: v for k, v in vars(get_dataset(self.manifest, self.dataset)).items()
                              if k not in ("manifest", "root")}
         self.write_stage_json()
