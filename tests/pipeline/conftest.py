@@ -3,6 +3,7 @@ import shutil
 import subprocess
 
 import luigi
+import numpy as np
 import pytest
 
 import pipeline  # noqa: F401  (loads workflows.cfg, registers the tasks)
@@ -56,10 +57,12 @@ def make_corpus(root, *, good, bad=True):
         for name in ("bad_silent.mp4", "bad_noaudio.mp4", "bad_truncated.mp4"):
             shutil.copy(os.path.join(DEMO, "clips", name), clips / name)
         (clips / "bad_zero.mp4").write_bytes(b"")
+        (clips / "bad_corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(50_000))
         subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", os.path.join(DEMO, "clips", "s1_anger_01.mp4"),
                         "-ss", "0.45", "-t", "0.4", "-ac", "1", "-ar", "16000", str(clips / "bad_short.wav")],
                        check=True)
-        for cid in ("bad_silent", "bad_noaudio", "bad_truncated", "bad_zero", "bad_short", "bad_missing"):
+        for cid in ("bad_silent", "bad_noaudio", "bad_truncated", "bad_zero", "bad_corrupt", "bad_short",
+                    "bad_missing"):
             rows.append({"clip_id": cid, "label": "anger", "speaker": "s9", "transcript": ""})
     with open(root / "labels.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["clip_id", "label", "speaker", "transcript"])

@@ -99,7 +99,7 @@ def test_bad_input_is_recorded_and_good_clips_are_unchanged(tmp_path):
     status = {cid: s.clips["status"][i] for cid, (s, i) in b.items()}
     assert status == {**{g: "ok" for g in good}, "bad_silent": "no_voiced_frames",
                       "bad_noaudio": "no_audio_stream", "bad_truncated": status["bad_truncated"],
-                      "bad_zero": "decode_error", "bad_short": "too_short", "bad_missing": "missing_file"}
+                      "bad_zero": "decode_error", "bad_corrupt": "decode_error", "bad_short": "too_short", "bad_missing": "missing_file"}
     assert status["bad_truncated"] in ("truncated", "decode_error")
     for cid in good:
         (sa, i), (sb, j) = a[cid], b[cid]
@@ -120,7 +120,7 @@ def test_cli_builds_with_exit_0_and_prints_the_summary(tmp_path):
            "--store", str(tmp_path / "store"), "--local-scheduler"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "BuildShards mini: 2 clips ok, 6 failed" in out.stdout
+    assert "BuildShards mini: 2 clips ok, 7 failed" in out.stdout
     assert "failed no_audio_stream: 1" in out.stdout
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0 and "BuildShards mini: 2 clips ok" in again.stdout
