@@ -12,9 +12,10 @@ Layout of a shard (``h5ls -r`` output is in README.md)::
     /vad/{weight, offsets}                           one 0/1 weight per 10 ms
     /frames/{logmel (F, 64) float32, voiced, offsets}  one row per 25 ms frame, 10 ms hop
     /units/{t_begin, t_end, kind, offsets}           prosodic units (features.prosody)
-    /windows/{clip, unit, frames (W, 64), t_begin, t_end, weight, offsets}
-                                                     655 ms windows; frames index the clip's
-                                                     rows of /frames (never copies of them)
+    /windows/{clip, unit, frames (W, 64), t_begin, t_end, weight, contiguous, offsets}
+                                                     655 ms windows; ``frames`` and ``unit`` index
+                                                     the clip's rows of /frames and /units (the
+                                                     frames are never copied)
 """
 from __future__ import annotations
 

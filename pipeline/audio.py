@@ -46,13 +46,12 @@ class Decode(BatchTask):
 
     def run(self):
         from features import audio, store
+        from features.errors import ClipError
 
         def one(i, clip):
             if clip.path is None:
-                from features.errors import ClipError
                 raise ClipError("missing_file", "no file under the root matches this clip id")
-            y, info = audio.decode(clip.path, sr=self.sr, coef=self.preemphasis)
-            return y, info
+            return audio.decode(clip.path, sr=self.sr, coef=self.preemphasis)
 
         clips = self.clips()
         results, status, reason = self.per_clip(one)

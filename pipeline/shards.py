@@ -26,7 +26,7 @@ class Shard(BatchTask):
                 "logmel": self.clone(LogMel), "segment": self.clone(Segment)}
 
     def chain(self) -> dict:
-        chain = super().chain()
+        chain = super().chain()  # cached; the labels join it once
         chain["labels"] = digest([(c.id, c.label, c.speaker, c.extra) for c in self.clips()])
         return chain
 
@@ -39,10 +39,11 @@ class Shard(BatchTask):
         inp = self.requires()
         dec, seg = read_input(inp["decode"]), read_input(inp["segment"])
         clips = self.clips()
+        ds = get_dataset(self.manifest, self.dataset)
         table = dict(dec["clips"])
         table.update(clip_table(clips, seg["clips"]["status"], seg["clips"]["reason"]))
-        table["source"] = np.array([os.path.relpath(c.path, get_dataset(self.manifest, self.dataset).root_dir)
-                                    if c.path else "" for c in clips], dtype=object)
+        table["source"] = np.array([os.path.relpath(c.path, ds.root_dir) if c.path else "" for c in clips],
+                                   dtype=object)
         table["label"] = np.array([c.label for c in clips], dtype=object)
         table["speaker"] = np.array([c.speaker for c in clips], dtype=object)
         for column in ("transcript", "valence", "arousal", "partition"):
@@ -53,8 +54,7 @@ class Shard(BatchTask):
         attrs["config"] = {name: t.own_params() for name, t in inp.items()}
         attrs["stages"] = {name: t.chain_digest() for name, t in inp.items()}
         attrs["code_versions"] = {name: t.CODE_VERSION for name, t in inp.items()}
-        attrs["manifest"] = {k: v for k, v in vars(get_dataset(self.manifest, self.dataset)).items()
-                             if k not in ("manifest", "root")}
+        attrs["manifest"] = {k: v for k, v in vars(ds).items() if k not in ("manifest", "root")}
         self.write_stage_json()
         with self.output().temporary_path() as tmp:
             store.assemble(tmp, sources=[t.output().path for t in inp.values()], attrs=attrs,
