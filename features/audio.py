@@ -169,16 +169,34 @@ def deltas(S: np.ndarray, *, N: int = 2, axis: int = -2) -> np.ndarray:
 
     Δ is eq 2.2 along ``axis`` (time); ΔΔ applies eq 2.2 to Δ ("computed in the same way").
     Frames beyond the ends repeat the edge frame, so a window's differentials use only its own
-    frames. ``S`` may carry leading batch axes, e.g. (batch, 64 frames, 64 mels).
+    frames (the same as ``librosa.feature.delta(width=2N+1, mode="nearest")``, without its
+    per-call filter design, which costs more than the window). ``S`` may carry leading batch
+    axes, e.g. (batch, 64 frames, 64 mels).
     """
     if N < 1:
         raise ParameterError(f"N must be >= 1 (AVEF eq 2.2 uses N = 2), got {N}")
-    import librosa
-
     S = np.asarray(S, dtype=np.float32)
-    d1 = librosa.feature.delta(S, width=2 * N + 1, order=1, axis=axis, mode="nearest")
-    d2 = librosa.feature.delta(d1, width=2 * N + 1, order=1, axis=axis, mode="nearest")
-    return np.stack([S, d1, d2], axis=-1)
+    axis = axis % S.ndim
+    c = np.moveaxis(S, axis, -1)
+    out = np.empty(c.shape + (3,), dtype=np.float32)
+    out[..., 0] = c
+    out[..., 1] = _delta(c, N)
+    out[..., 2] = _delta(out[..., 1], N)
+    return np.moveaxis(out, -2, axis)
+
+
+def _delta(c: np.ndarray, N: int) -> np.ndarray:
+    """Eq 2.2 along the last axis, the edge frames repeated N times."""
+    T = c.shape[-1]
+    p = np.empty(c.shape[:-1] + (T + 2 * N,), dtype=np.float32)
+    p[..., N:N + T] = c
+    p[..., :N] = c[..., :1]
+    p[..., N + T:] = c[..., -1:]
+    d = p[..., N + 1:N + 1 + T] - p[..., N - 1:N - 1 + T]
+    for n in range(2, N + 1):
+        d += n * (p[..., N + n:N + n + T] - p[..., N - n:N - n + T])
+    d *= np.float32(1.0 / (2 * sum(n * n for n in range(1, N + 1))))
+    return d
 
 
 def window_image(frames: np.ndarray, *, N: int = 2) -> np.ndarray:
@@ -188,4 +206,19 @@ def window_image(frames: np.ndarray, *, N: int = 2) -> np.ndarray:
     Returns (..., n_mels, n_frames, 3): height = mel band, width = time, channels = (S, Δ, ΔΔ),
     as in AVEF Fig. 3.
     """
-    return np.swapaxes(deltas(frames, N=N, axis=-2), -3, -2)
+    return deltas(np.swapaxes(frames, -1, -2), N=N, axis=-1)
+
+
+def warm_up() -> None:
+    """Import and JIT everything the audio chain uses, once, on a tiny signal.
+
+    Called in the scheduling process before Luigi forks its workers, so that each task does not
+    pay librosa's lazy imports again (about 2 s per process).
+    """
+    from features.prosody import prosodic_units
+    from features.vad import vad_weights
+
+    y = preemphasis(resample(np.zeros(4800, np.float32), orig_sr=48000, sr=16000))
+    window_image(logmel(y=y, sr=16000)[:5])
+    vad_weights(y=y, sr=16000)
+    prosodic_units(y=y, sr=16000)

@@ -29,9 +29,14 @@ from features.errors import ParameterError
 
 FORMAT_VERSION = 1
 CHUNK_BYTES = 256 * 1024
-# Chosen by bench/bench_reader.py (README "Benchmarks"): log-mel floats barely compress, and
-# gzip costs the reader far more than it saves on disk; lzf keeps the integer tables small.
-COMPRESSION = {"f": None, "i": "lzf", "u": "lzf", "O": None, "S": None}
+# Chosen by bench/bench_reader.py (README "Benchmarks"): with the chunk cache, every setting reads
+# ~10,000 windows/s through a 2-worker DataLoader (within noise), so the choice is by size and by
+# who can read it: gzip (every HDF5 reader has it) with shuffle, 5.9 kB per window against
+# 13.3 kB uncompressed and 6.5 kB with lzf (h5py-only).
+COMPRESSION = {"f": "gzip", "i": "gzip", "u": "gzip", "O": None, "S": None}
+# For bulky intermediate files that never leave the machine (the decoded waveform): lzf is ~5x
+# faster to write than gzip.
+SCRATCH_COMPRESSION = {"f": "lzf", "i": "lzf", "u": "lzf", "O": None, "S": None}
 STR = None  # set lazily: h5py.string_dtype("utf-8")
 
 
@@ -53,7 +58,7 @@ def _str_dtype():
     return h5py.string_dtype("utf-8")
 
 
-def _create(group, name: str, data: np.ndarray):
+def _create(group, name: str, data: np.ndarray, compression: Mapping):
     data = np.asarray(data)
     if data.dtype.kind in "OUS":
         return group.create_dataset(name, data=np.asarray(data, dtype=object).astype(str).tolist(),
@@ -62,15 +67,17 @@ def _create(group, name: str, data: np.ndarray):
         return group.create_dataset(name, data=data)
     row_bytes = max(1, data.itemsize * int(np.prod(data.shape[1:], dtype=np.int64)))
     rows = int(max(1, min(len(data), CHUNK_BYTES // row_bytes)))
-    comp = COMPRESSION.get(data.dtype.kind)
+    comp = compression.get(data.dtype.kind)
     return group.create_dataset(name, data=data, chunks=(rows, *data.shape[1:]),
                                 compression=comp, shuffle=comp is not None and data.itemsize > 1)
 
 
-def write(path: str | os.PathLike, *, attrs: Mapping, groups: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+def write(path: str | os.PathLike, *, attrs: Mapping, groups: Mapping[str, Mapping[str, np.ndarray]],
+          compression: Mapping | None = None) -> None:
     """Write ``groups`` ({group: {name: array}}) and JSON ``attrs`` to a new HDF5 file at ``path``.
 
-    Callers write to a temporary name and rename (Luigi's ``temporary_path``).
+    ``compression`` maps a dtype kind to an HDF5 filter (default ``COMPRESSION``). Callers write
+    to a temporary name and rename (Luigi's ``temporary_path``).
     """
     import h5py
 
@@ -79,13 +86,14 @@ def write(path: str | os.PathLike, *, attrs: Mapping, groups: Mapping[str, Mappi
         for gname, arrays in groups.items():
             g = f.require_group(gname)
             for name, data in arrays.items():
-                _create(g, name, data)
+                _create(g, name, data, COMPRESSION if compression is None else compression)
 
 
 def _set_attrs(f, attrs: Mapping) -> None:
     f.attrs["format_version"] = FORMAT_VERSION
     for key, value in attrs.items():
-        f.attrs[key] = json.dumps(value, sort_keys=True, default=str)
+        if key != "format_version":
+            f.attrs[key] = json.dumps(value, sort_keys=True, default=str)
 
 
 def read_attrs(path: str | os.PathLike) -> dict:
@@ -102,12 +110,12 @@ def _get_attrs(f) -> dict:
     return out
 
 
-def read_group(path: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
-    """All arrays of one group, strings decoded to ``str``."""
+def read_group(path: str | os.PathLike, name: str, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of one group (all, or those named in ``keys``), strings decoded to ``str``."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        return {k: _read(ds) for k, ds in f[name].items()}
+        return {k: _read(ds) for k, ds in f[name].items() if keys is None or k in keys}
 
 
 def _read(ds) -> np.ndarray:
@@ -158,13 +166,14 @@ class Shard:
         self._f = None
         self._pid = None
         self._clips = self._windows = None
+        self._handles = {}
 
     def _file(self):
         import h5py
 
         if self._f is None or self._pid != os.getpid():
             self._f = h5py.File(self.path, "r", rdcc_nbytes=self._cache_bytes, rdcc_nslots=10007)
-            self._pid = os.getpid()
+            self._pid, self._handles = os.getpid(), {}
         return self._f
 
     def __getstate__(self):  # a pickled reader (DataLoader worker) opens the file anew
@@ -176,7 +185,7 @@ class Shard:
     def close(self) -> None:
         if self._f is not None and self._pid == os.getpid():
             self._f.close()
-        self._f = None
+        self._f, self._handles = None, {}
 
     @property
     def attrs(self) -> dict:
@@ -198,6 +207,13 @@ class Shard:
             self._windows = self.group("windows")
             self._frame_offsets = self._file()["frames/offsets"][()]
         return self._windows
+
+    def _dataset(self, key: str):
+        """An open dataset handle, kept per process (reopening one drops its chunk cache)."""
+        f = self._file()
+        if key not in self._handles:
+            self._handles[key] = f[key]
+        return self._handles[key]
 
     @property
     def n_windows(self) -> int:
@@ -222,7 +238,7 @@ class Shard:
         """(64, n_mels) log-mel rows of window ``i`` (gathered, not stored twice)."""
         w = self.windows
         idx = self._frame_offsets[w["clip"][i]] + w["frames"][i]
-        block = self._file()["frames/logmel"][idx[0]: idx[-1] + 1]
+        block = self._dataset("frames/logmel")[idx[0]: idx[-1] + 1]
         return block[idx - idx[0]]
 
     def window(self, i: int) -> np.ndarray:
@@ -230,3 +246,10 @@ class Shard:
         from features.audio import window_image
 
         return window_image(self.window_frames(i))
+
+    def window_batch(self, indices) -> np.ndarray:
+        """(len(indices), n_mels, n_frames, 3): ``window`` for many windows, Δ computed at once
+        (for a Dataset's ``__getitems__``)."""
+        from features.audio import window_image
+
+        return window_image(np.stack([self.window_frames(int(i)) for i in indices]))

@@ -18,11 +18,16 @@ def sha256_file(path: str) -> str:
 
 
 def read_input(task: luigi.Task, *groups: str) -> dict:
-    """{group: {name: array}} of an upstream output, plus its clip table and attributes."""
+    """{group: {name: array}} of an upstream output, plus its clip table and attributes.
+
+    A group given as "group/name" reads only that array of the group."""
     from features import store
 
     path = task.output().path
-    out = {g: store.read_group(path, g) for g in ("clips", *groups)}
+    out = {"clips": store.read_group(path, "clips")}
+    for g in groups:
+        name, _, key = g.partition("/")
+        out.setdefault(name, {}).update(store.read_group(path, name, [key] if key else None))
     out["attrs"] = store.read_attrs(path)
     return out
 
@@ -64,7 +69,8 @@ class Decode(BatchTask):
             orig_sr=np.array([info.get("orig_sr", 0) for _, info in ok], dtype=np.int32),
             n_channels=np.array([info.get("n_channels", 0) for _, info in ok], dtype=np.int16),
             duration_s=np.array([info.get("duration_s", 0.0) for _, info in ok], dtype=np.float32))
-        self.write({"clips": table, "audio": {"waveform": wave, "offsets": offsets}})
+        self.write({"clips": table, "audio": {"waveform": wave, "offsets": offsets}},
+                   compression=store.SCRATCH_COMPRESSION)
 
 
 class VAD(BatchTask):
@@ -173,7 +179,7 @@ class Segment(BatchTask):
 
         inp = self.requires()
         vad, pros = read_input(inp["vad"], "vad"), read_input(inp["prosody"], "units")
-        mel = read_input(inp["logmel"], "frames")
+        mel = read_input(inp["logmel"], "frames/offsets")  # the frame grid, not the spectra
         grid = {k: mel["attrs"]["chain"]["params"][k] for k in ("frame_ms", "hop_ms")}
         status, reason = list(mel["clips"]["status"]), list(mel["clips"]["reason"])
         for src in (vad, pros):  # the first failure along the chain wins

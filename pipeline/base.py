@@ -52,6 +52,24 @@ def library_versions() -> dict:
     return out
 
 
+_WARM = []
+
+
+def _warm_up() -> None:
+    """Before the first stage runs: load the signal libraries once in this (the scheduling)
+    process, so forked workers inherit them, and keep numpy's BLAS to one thread per process
+    (per-clip matrices are small; with --workers N, N processes already fill the cores)."""
+    if _WARM:
+        return
+    _WARM.append(True)
+    import threadpoolctl
+
+    from features.audio import warm_up
+
+    threadpoolctl.threadpool_limits(1)
+    warm_up()
+
+
 class paths(luigi.Config):
     """``[paths]`` in workflows.cfg: where the manifest is and where outputs go."""
     manifest = luigi.Parameter(default="data_manifest.yaml")
@@ -69,6 +87,14 @@ class BatchTask(luigi.Task):
     batch_size = luigi.IntParameter(default=64, description="clips per batch (sets the number of batches)")
     manifest = luigi.Parameter(config_path={"section": "paths", "name": "manifest"})
     store = luigi.Parameter(config_path={"section": "paths", "name": "store"})
+
+    def complete(self) -> bool:
+        """Luigi asks this while scheduling, in the parent process: the first stage found
+        missing warms the libraries up there, before any worker forks."""
+        done = super().complete()
+        if not done:
+            _warm_up()
+        return done
 
     # -- clips --------------------------------------------------------------------------------
     def clips(self) -> list[Clip]:
@@ -155,9 +181,9 @@ class BatchTask(luigi.Task):
         self.progress(len(clips), len(clips), "done")
         return results, status, reason
 
-    def write(self, groups: dict) -> None:
+    def write(self, groups: dict, compression: dict | None = None) -> None:
         from features import store
 
         self.write_stage_json()
         with self.output().temporary_path() as tmp:
-            store.write(tmp, attrs=self.provenance(), groups=groups)
+            store.write(tmp, attrs=self.provenance(), groups=groups, compression=compression)

@@ -76,12 +76,13 @@ def summarize(shard_paths: list[str]) -> dict:
             "failed": failed, "shards": shard_paths}
 
 
-def format_summary(dataset: str, s: dict) -> str:
+def format_summary(dataset: str, s: dict, record: str) -> str:
     lines = [f"BuildShards {dataset}: {s['clips_ok']} clips ok, "
              f"{sum(s['clips_failed'].values())} failed, {s['windows']} windows, {len(s['shards'])} shards"]
     lines += [f"  failed {k}: {v}" for k, v in s["clips_failed"].items()]
     lines += [f"    {line}" for line in s["failed"][:20]]
     lines += [f"  shard {p}" for p in s["shards"]]
+    lines.append(f"  build record {record}")
     return "\n".join(lines)
 
 
@@ -106,7 +107,7 @@ class BuildShards(luigi.Task):
         summary = summarize([t.output().path for t in self.requires()])
         with self.output().temporary_path() as tmp, open(tmp, "w") as f:
             json.dump(summary, f, indent=1)
-        print(format_summary(self.dataset, summary), flush=True)
+        print(format_summary(self.dataset, summary, self.output().path), flush=True)
 
 
 @BuildShards.event_handler(luigi.Event.DEPENDENCY_PRESENT)
@@ -115,7 +116,7 @@ def _print_existing_summary(task):
     if isinstance(task, BuildShards):
         try:
             with open(task.output().path) as f:
-                print(format_summary(task.dataset, json.load(f)), flush=True)
+                print(format_summary(task.dataset, json.load(f), task.output().path), flush=True)
         except (OSError, ValueError) as err:
             logger.warning("cannot read the build summary %s: %s", task.output().path, err)
 

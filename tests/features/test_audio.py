@@ -156,3 +156,15 @@ def test_bad_files_raise_clip_errors_with_a_status(tmp_path):
             read_audio(path)
         assert err.value.status == "decode_error"
         assert str(path.name) in str(err.value) or "cannot open" in str(err.value)
+
+
+def test_deltas_equal_librosa_delta_with_nearest_edges():
+    import librosa
+
+    rng = np.random.default_rng(4)
+    S = rng.standard_normal((3, 64, 64)).astype(np.float32)
+    out = deltas(S)
+    d1 = librosa.feature.delta(S, width=5, axis=-2, mode="nearest")
+    np.testing.assert_allclose(out[..., 1], d1, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[..., 2], librosa.feature.delta(d1, width=5, axis=-2, mode="nearest"),
+                               rtol=1e-4, atol=1e-5)

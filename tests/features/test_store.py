@@ -41,6 +41,7 @@ def test_shard_reader_returns_windows_and_json_attributes(tmp_path):
         expected = window_image(logmel[clips[i]][frames[i]])
         np.testing.assert_allclose(s.window(i), expected, rtol=1e-6)
         assert s.window(i).shape == (64, 64, 3)
+    np.testing.assert_array_equal(s.window_batch([2, 0]), np.stack([s.window(2), s.window(0)]))
     np.testing.assert_array_equal(s.logmel(2), logmel[2])
     assert s.logmel(1).shape == (0, 64)
 
