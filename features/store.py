@@ -8,14 +8,21 @@ No HDF5 variable-length numeric data; strings are UTF-8. Root attributes are JSO
 Layout of a shard (``h5ls -r`` output is in README.md)::
 
     /clips/{id, status, reason, label, speaker, transcript, source, source_sha256,
-            orig_sr, n_channels, duration_s}           one row per clip; status "ok" or a code
+            orig_sr, n_channels, duration_s, video_status, video_reason, fps, width, height,
+            rotation}                                one row per clip; status "ok" or a code
     /vad/{weight, offsets}                           one 0/1 weight per 10 ms
     /frames/{logmel (F, 64) float32, voiced, offsets}  one row per 25 ms frame, 10 ms hop
     /units/{t_begin, t_end, kind, offsets}           prosodic units (features.prosody)
-    /windows/{clip, unit, frames (W, 64), t_begin, t_end, weight, contiguous, offsets}
-                                                     655 ms windows; ``frames`` and ``unit`` index
-                                                     the clip's rows of /frames and /units (the
-                                                     frames are never copied)
+    /windows/{clip, unit, frames (W, 64), t_begin, t_end, weight, contiguous, offsets,
+              video_frames (W, 16), video_ok, video_reason}
+                                                     655 ms windows; ``frames``, ``unit`` and
+                                                     ``video_frames`` index the clip's rows of
+                                                     /frames, /units and /video (never copies)
+    /video/{time, found, interpolated, box, landmarks68 (V, 68, 2), shape49 (V, 98), pca (V, 20),
+            crop (V, 173, 173, 3) uint8, crop_small (V, 72, 72, 3) uint8, offsets}
+                                                     one row per video frame
+    /pca/{mean, components, explained_variance, fit_clips}
+                                                     the landmark PCA basis (refit per fold)
 """
 from __future__ import annotations
 
@@ -128,8 +135,8 @@ def assemble(path: str | os.PathLike, *, sources: Iterable[str | os.PathLike], a
              groups: Mapping[str, Mapping[str, np.ndarray]], skip: Iterable[str] = ()) -> None:
     """Write a shard: ``groups`` plus every dataset of the ``sources`` files, copied unchanged.
 
-    A dataset present in several sources must be equal in all (e.g. ``frames/offsets``);
-    ``skip`` names datasets or groups not to copy (``"clips"``, ``"audio/waveform"``).
+    A dataset present twice (in several sources, or in ``groups`` and a source) must be equal
+    (e.g. ``frames/offsets``); ``skip`` names datasets or groups not to copy (``"clips"``).
     """
     import h5py
 
@@ -139,7 +146,7 @@ def assemble(path: str | os.PathLike, *, sources: Iterable[str | os.PathLike], a
         for src in sources:
             with h5py.File(src, "r") as f:
                 for gname, g in f.items():
-                    if gname in skip or gname in groups:
+                    if gname in skip:
                         continue
                     dst = out.require_group(gname)
                     for name, ds in g.items():
@@ -246,6 +253,25 @@ class Shard:
         from features.audio import window_image
 
         return window_image(self.window_frames(i))
+
+    def _window_video_rows(self, name: str, i: int) -> np.ndarray:
+        w = self.windows
+        idx = w["video_frames"][i]
+        ds = self._dataset(f"video/{name}")
+        if idx[0] < 0:  # a window without usable frames (windows/video_ok is 0): zeros
+            return np.zeros((len(idx), *ds.shape[1:]), ds.dtype)
+        rows = self._dataset("video/offsets")[w["clip"][i]] + idx
+        block = ds[rows.min(): rows.max() + 1]
+        return block[rows - rows.min()]
+
+    def window_video(self, i: int, *, small: bool = False) -> np.ndarray:
+        """(16, H, W, 3) uint8 face crops of window ``i`` (AVEF §2.1.2), 173 px or, with
+        ``small``, 72 px; zeros where ``windows["video_ok"][i]`` is 0."""
+        return self._window_video_rows("crop_small" if small else "crop", i)
+
+    def window_pca(self, i: int) -> np.ndarray:
+        """(16, 20) PCA-whitened 49-point shapes of window ``i``'s frames (Chao §3.1)."""
+        return self._window_video_rows("pca", i)
 
     def window_batch(self, indices) -> np.ndarray:
         """(len(indices), n_mels, n_frames, 3): ``window`` for many windows, Δ computed at once

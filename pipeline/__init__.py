@@ -4,8 +4,12 @@ Importing this package loads ``workflows.cfg`` (next to the package) unless ``LU
 names another configuration, which then wins.
 """
 import os
+import warnings
 
 import luigi.configuration
+
+# workflows.cfg sets [core] rpc-retry-* (read by luigi's RPC client, not by the `core` class)
+warnings.filterwarnings("ignore", message="The configuration contains the parameter 'rpc_retry")
 
 WORKFLOWS_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows.cfg")
 if not os.environ.get("LUIGI_CONFIG_PATH") and os.path.isfile(WORKFLOWS_CFG):

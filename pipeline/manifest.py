@@ -57,6 +57,7 @@ class Dataset:
     fps: float | None
     speakers: int | None
     manifest: str
+    video_fps: float | None = None  # frame rate to use instead of the video stream's own
 
     @property
     def root_dir(self) -> str:
@@ -110,13 +111,13 @@ def _check_dataset(manifest: str, name: str, d) -> Dataset:
         split = protocol.get("split", [8, 1, 1])
         if not (isinstance(split, list) and len(split) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in split)):
             _fail(manifest, name, "protocol.split", "must be three positive numbers train:validation:test", split)
-    for field, kind in (("sr", int), ("fps", (int, float)), ("speakers", int)):
+    for field, kind in (("sr", int), ("fps", (int, float)), ("speakers", int), ("video_fps", (int, float))):
         value = d.get(field)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool) or value <= 0):
             _fail(manifest, name, field, "must be a positive number when given", value)
     return Dataset(name=name, root=d["root"], clips=d["clips"], labels=d["labels"], label_set=tuple(labels),
                    protocol=protocol, sr=d.get("sr"), fps=d.get("fps"), speakers=d.get("speakers"),
-                   manifest=manifest)
+                   manifest=manifest, video_fps=d.get("video_fps"))
 
 
 @functools.lru_cache(maxsize=8)

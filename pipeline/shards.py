@@ -9,6 +9,7 @@ import luigi
 import numpy as np
 
 from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment, clip_table, read_input
+from pipeline.video import Align, Faces, LandmarkPCA
 from pipeline.base import BatchTask, digest, logger, n_batches, paths
 from pipeline.manifest import get_dataset
 
@@ -16,14 +17,15 @@ SHARD_CODE_VERSION = "1"
 
 
 class Shard(BatchTask):
-    """One shard: clip table with labels and final status, VAD, frames, units and windows."""
+    """One shard: clip table with labels and statuses, VAD, frames, units, windows, video."""
 
     STAGE = "shards"
     CODE_VERSION = SHARD_CODE_VERSION
 
     def requires(self):
         return {"decode": self.clone(Decode), "vad": self.clone(VAD), "prosody": self.clone(Prosody),
-                "logmel": self.clone(LogMel), "segment": self.clone(Segment)}
+                "logmel": self.clone(LogMel), "segment": self.clone(Segment), "faces": self.clone(Faces),
+                "align": self.clone(Align), "landmark_pca": self.clone(LandmarkPCA, batch=-1)}
 
     def chain(self) -> dict:
         chain = super().chain()  # cached; the labels join it once
@@ -35,21 +37,33 @@ class Shard(BatchTask):
 
     def run(self):
         from features import store
+        from features.landmarks import pca_whiten
 
         inp = self.requires()
         dec, seg = read_input(inp["decode"]), read_input(inp["segment"])
+        faces = read_input(inp["faces"], "video/shape49")
+        pca = store.read_group(inp["landmark_pca"].output().path, "pca")
         clips = self.clips()
         ds = get_dataset(self.manifest, self.dataset)
         table = dict(dec["clips"])
         table.update(clip_table(clips, seg["clips"]["status"], seg["clips"]["reason"]))
         table["source"] = np.array([os.path.relpath(c.path, ds.root_dir) if c.path else "" for c in clips],
                                    dtype=object)
+        table["video_status"], table["video_reason"] = faces["clips"]["status"], faces["clips"]["reason"]
+        for key in ("fps", "width", "height", "rotation"):
+            table[key] = faces["clips"][key]
         table["label"] = np.array([c.label for c in clips], dtype=object)
         table["speaker"] = np.array([c.speaker for c in clips], dtype=object)
         for column in ("transcript", "valence", "arousal", "partition"):
             values = [dict(c.extra).get(column) for c in clips]
             if any(v is not None for v in values):
                 table[column] = np.array([v or "" for v in values], dtype=object)
+        shape49 = faces["video"]["shape49"]
+        if len(pca["components"]):  # PCA-whitened 49-point shape per frame (Chao §3.1)
+            pca20 = pca_whiten(shape49, mean=pca["mean"], components=pca["components"],
+                               explained_variance=pca["explained_variance"])
+        else:  # no basis could be fitted (too few frames with a face)
+            pca20 = np.full((len(shape49), len(pca["explained_variance"])), np.nan, np.float32)
         attrs = self.provenance()
         attrs["config"] = {name: t.own_params() for name, t in inp.items()}
         attrs["stages"] = {name: t.chain_digest() for name, t in inp.items()}
@@ -58,28 +72,30 @@ class Shard(BatchTask):
         self.write_stage_json()
         with self.output().temporary_path() as tmp:
             store.assemble(tmp, sources=[t.output().path for t in inp.values()], attrs=attrs,
-                           groups={"clips": table}, skip=("clips", "audio"))
+                           groups={"clips": table, "video": {"pca": pca20}}, skip=("clips", "audio"))
 
 
 def summarize(shard_paths: list[str]) -> dict:
     """Counts over the shards: clips ok, clips failed by status, windows, and the paths."""
     from features import store
 
-    by_status, windows, failed = collections.Counter(), 0, []
+    by_status, video, windows, failed = collections.Counter(), collections.Counter(), 0, []
     for path in shard_paths:
         clips = store.read_group(path, "clips")
         by_status.update(clips["status"].tolist())
+        video.update(clips["video_status"].tolist())
         failed += [f"{i}: {r}" for i, s, r in zip(clips["id"], clips["status"], clips["reason"]) if s != "ok"]
         windows += len(store.read_group(path, "windows")["clip"])
     ok = by_status.pop("ok", 0)
     return {"clips_ok": ok, "clips_failed": dict(sorted(by_status.items())), "windows": windows,
-            "failed": failed, "shards": shard_paths}
+            "video": dict(sorted(video.items())), "failed": failed, "shards": shard_paths}
 
 
 def format_summary(dataset: str, s: dict, record: str) -> str:
     lines = [f"BuildShards {dataset}: {s['clips_ok']} clips ok, "
              f"{sum(s['clips_failed'].values())} failed, {s['windows']} windows, {len(s['shards'])} shards"]
     lines += [f"  failed {k}: {v}" for k, v in s["clips_failed"].items()]
+    lines.append("  video: " + ", ".join(f"{v} {k}" for k, v in s.get("video", {}).items()))
     lines += [f"    {line}" for line in s["failed"][:20]]
     lines += [f"  shard {p}" for p in s["shards"]]
     lines.append(f"  build record {record}")

@@ -4,14 +4,12 @@ import subprocess
 
 import luigi
 import numpy as np
-import pytest
 
 from features import store
 from features.segments import count_windows
 from tests.conftest import ROOT
 from tests.pipeline.conftest import build, make_corpus
 
-STAGES = ["BuildShards", "Decode", "LogMel", "Prosody", "Segment", "Shard", "VAD"]
 
 
 def shards(store_dir, dataset="demo"):
@@ -51,7 +49,8 @@ def test_demo_build_statuses_windows_and_provenance(demo_store):
         assert s.window(mine[0]).shape == (64, 64, 3)
     attrs = store.Shard(paths[0]).attrs
     assert attrs["dataset"] == "demo" and attrs["config"]["segment"]["hop_frames"] == 34
-    assert set(attrs["stages"]) == {"decode", "vad", "prosody", "logmel", "segment"}
+    assert set(attrs["stages"]) == {"decode", "vad", "prosody", "logmel", "segment", "faces", "align",
+                                    "landmark_pca"}
     assert "librosa" in attrs["libraries"] and attrs["chain"]["code_version"]
     s0 = store.Shard(paths[0])
     assert all(len(h) == 64 for h in s0.clips["source_sha256"] if h)
@@ -63,7 +62,7 @@ def test_second_run_with_nothing_changed_runs_no_task(store_copy):
 
 def test_segmentation_change_on_the_command_line_reruns_only_segmentation(store_copy):
     ran = build(store_copy, "--Segment-hop-frames", "30")
-    assert ran == ["BuildShards"] + ["Segment"] * 3 + ["Shard"] * 3
+    assert ran == ["Align"] * 3 + ["BuildShards"] + ["Segment"] * 3 + ["Shard"] * 3
     new = [p for p in shards(store_copy) if store.Shard(p).attrs["config"]["segment"]["hop_frames"] == 30]
     assert len(new) == 3
     for s, i in by_clip(new).values():
@@ -79,14 +78,14 @@ def test_segmentation_change_in_the_config_reruns_only_segmentation(store_copy):
     old = config.get("Segment", "window_frames")
     config.set("Segment", "window_frames", "48")
     try:
-        assert build(store_copy) == ["BuildShards"] + ["Segment"] * 3 + ["Shard"] * 3
+        assert build(store_copy) == ["Align"] * 3 + ["BuildShards"] + ["Segment"] * 3 + ["Shard"] * 3
     finally:
         config.set("Segment", "window_frames", old)
 
 
 def test_vad_change_reruns_vad_and_what_follows_but_not_decoding(store_copy):
     ran = build(store_copy, "--VAD-aggressiveness", "3")
-    assert ran == ["BuildShards"] + ["Segment"] * 3 + ["Shard"] * 3 + ["VAD"] * 3
+    assert ran == ["Align"] * 3 + ["BuildShards"] + ["Segment"] * 3 + ["Shard"] * 3 + ["VAD"] * 3
 
 
 def test_bad_input_is_recorded_and_good_clips_are_unchanged(tmp_path):

@@ -1,0 +1,151 @@
+"""The visual stages: Faces (per batch) → LandmarkPCA (whole dataset) and Align (per batch).
+
+AVEF §2.1.2 (face crops from eye / nose / mouth key points, 16 frames per 655 ms window) and
+Chao §3.1 (49 landmarks, per-clip normalisation, PCA whitening to 20 dimensions).
+"""
+from __future__ import annotations
+
+import os
+
+import luigi
+import numpy as np
+
+from pipeline.audio import Segment, clip_rows, clip_table, read_input
+from pipeline.base import BatchTask, logger, n_batches
+from pipeline.manifest import get_dataset
+
+
+class Faces(BatchTask):
+    """Decode video, detect and track the subject's face, 68 landmarks, crops, 49-point shape."""
+
+    STAGE = "faces"
+    detector = luigi.ChoiceParameter(default="hog", choices=["hog", "cnn", "opencv"],
+                                     description="dlib HOG, dlib MMOD CNN or OpenCV Haar face detector")
+    detect_every = luigi.IntParameter(default=5, description="detect every k-th frame, track in between")
+    detect_width = luigi.IntParameter(default=320, description="frames wider than this are downscaled to it for detection")
+    upsample = luigi.IntParameter(default=1, description="times dlib doubles the detection image (1: faces >= 40 px)")
+    max_gap = luigi.IntParameter(default=5, description="longest face gap (frames) filled by interpolation")
+    margin = luigi.FloatParameter(default=0.9, description="crop margin around the key points (AVEF §2.1.2)")
+    crop_size = luigi.IntParameter(default=173, description="face crop side, px (AVEF: 173)")
+    crop_size_small = luigi.IntParameter(default=72, description="second crop side, px (Hsu & Wu Table 2: 72)")
+
+    def own_params(self) -> dict:  # the manifest's frame-rate override changes the outputs too
+        return {**super().own_params(), "video_fps": get_dataset(self.manifest, self.dataset).video_fps}
+
+    def run(self):
+        from features import face, landmarks, store, video
+        from features.errors import ClipError
+
+        fps = get_dataset(self.manifest, self.dataset).video_fps
+        detect = face.make_detector(self.detector, upsample=self.upsample)
+        predictor = landmarks.load_predictor(68)
+
+        def one(i, clip):
+            if clip.path is None:
+                raise ClipError("missing_file", "no file under the root matches this clip id")
+            frames, times, info = video.read_video(clip.path, fps=fps)
+            boxes, found, interpolated = face.track_faces(frames, detector=detect, detect_every=self.detect_every,
+                                                          scale=min(1.0, self.detect_width / frames.shape[2]),
+                                                          max_gap=self.max_gap)
+            if not found.any():
+                raise ClipError("no_face", f"no face in any of the {len(frames)} frames")
+            lm = landmarks.landmarks68_batch(frames, boxes, found, predictor=predictor)
+            big = np.zeros((len(frames), self.crop_size, self.crop_size, 3), np.uint8)
+            small = np.zeros((len(frames), self.crop_size_small, self.crop_size_small, 3), np.uint8)
+            for k in np.flatnonzero(found):
+                box = face.keypoint_box(lm[k], margin=self.margin)
+                big[k] = face.crop(frames[k], box, size=self.crop_size)
+                small[k] = face.crop(frames[k], box, size=self.crop_size_small)
+            shape49 = landmarks.normalize_per_clip(lm[:, landmarks.POINTS_49], mask=found)
+            return info, dict(time=times, found=found.astype(np.uint8), interpolated=interpolated.astype(np.uint8),
+                              box=boxes.astype(np.float32), landmarks68=lm.astype(np.float32), shape49=shape49,
+                              crop=big, crop_small=small)
+
+        clips = self.clips()
+        results, status, reason = self.per_clip(one)
+        arrays = [r[1] if r else None for r in results]
+        group = {}
+        shapes = {"time": (), "found": (), "interpolated": (), "box": (4,), "landmarks68": (68, 2), "shape49": (98,),
+                  "crop": (self.crop_size, self.crop_size, 3),
+                  "crop_small": (self.crop_size_small, self.crop_size_small, 3)}
+        dtypes = {"time": np.float64, "found": np.uint8, "interpolated": np.uint8, "crop": np.uint8,
+                  "crop_small": np.uint8}
+        for name, row in shapes.items():
+            dt = dtypes.get(name, np.float32)
+            group[name], group["offsets"] = store.pack(
+                [a[name] if a else np.zeros((0, *row), dt) for a in arrays], dtype=dt, row_shape=row)
+        table = clip_table(clips, status, reason)
+        infos = [r[0] if r else {} for r in results]
+        for key, dt in (("fps", np.float32), ("width", np.int32), ("height", np.int32), ("rotation", np.int16)):
+            table[key] = np.array([info.get(key) or 0 for info in infos], dtype=dt)
+        self.write({"clips": table, "video": group})
+
+
+class LandmarkPCA(BatchTask):
+    """PCA whitening basis of the 49-point shapes (Chao §3.1), fitted on the whole dataset or on
+    the clips of the speakers named in ``fit_speakers``. Runs once per dataset (batch −1)."""
+
+    STAGE = "landmark_pca"
+    n_components = luigi.IntParameter(default=20, description="dimensions kept (Chao §3.1: 20)")
+    fit_speakers = luigi.Parameter(default="", description="comma-separated speakers to fit on; empty = all")
+
+    def requires(self):
+        n = len(get_dataset(self.manifest, self.dataset).list_clips())
+        return {f"faces{k:04d}": self.clone(Faces, batch=k) for k in range(n_batches(n, self.batch_size))}
+
+    def output(self):
+        return luigi.LocalTarget(os.path.join(self.stage_dir(), "pca.h5"))
+
+    def run(self):
+        from features import landmarks
+        from features.errors import ParameterError
+
+        speakers = {s.strip() for s in self.fit_speakers.split(",") if s.strip()}
+        rows, fit_clips = [], []
+        for name, task in sorted(self.requires().items()):
+            faces = read_input(task, "video/shape49", "video/offsets")
+            speaker = {c.id: c.speaker for c in task.clips()}
+            for i, cid in enumerate(faces["clips"]["id"]):
+                if faces["clips"]["status"][i] == "ok" and (not speakers or speaker[cid] in speakers):
+                    rows.append(clip_rows(faces["video"], "shape49", i))
+                    fit_clips.append(cid)
+        X = np.concatenate(rows) if rows else np.zeros((0, 98), np.float32)
+        try:
+            basis = landmarks.fit_pca(X, n_components=self.n_components)
+        except ParameterError as err:  # too few frames with a face: no basis, the shards say so
+            logger.warning("landmark PCA of %s: %s", self.dataset, err)
+            basis = {"mean": np.full(X.shape[1], np.nan), "components": np.zeros((0, X.shape[1])),
+                     "explained_variance": np.full(self.n_components, np.nan)}
+        self.write({"pca": {**basis, "fit_clips": np.array(fit_clips, dtype=object)}})
+
+
+class Align(BatchTask):
+    """For each 655 ms audio window, the 16 video frames inside it (AVEF §2.1.2)."""
+
+    STAGE = "align"
+    frames_per_window = luigi.IntParameter(default=16, description="video frames per window (AVEF: 16)")
+
+    def requires(self):
+        return {"segment": self.clone(Segment), "faces": self.clone(Faces)}
+
+    def run(self):
+        from features.align import align_windows
+
+        inp = self.requires()
+        seg = read_input(inp["segment"], "windows")
+        faces = read_input(inp["faces"], "video/time", "video/found", "video/offsets")
+        w, n = seg["windows"], self.frames_per_window
+        frames = np.full((len(w["clip"]), n), -1, np.int32)
+        ok = np.zeros(len(w["clip"]), np.uint8)
+        why = np.full(len(w["clip"]), "", dtype=object)
+        for i, status in enumerate(faces["clips"]["status"]):
+            sel = np.flatnonzero(w["clip"] == i)
+            if status != "ok":
+                why[sel] = status
+                continue
+            if len(sel):
+                frames[sel], ok[sel], why[sel] = align_windows(
+                    clip_rows(faces["video"], "time", i), clip_rows(faces["video"], "found", i).astype(bool),
+                    t_begin=w["t_begin"][sel], t_end=w["t_end"][sel], n=n)
+        self.write({"clips": clip_table(self.clips(), faces["clips"]["status"], faces["clips"]["reason"]),
+                    "windows": {"video_frames": frames, "video_ok": ok, "video_reason": why}})

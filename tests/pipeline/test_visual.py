@@ -1,0 +1,48 @@
+import numpy as np
+
+from features import store
+from tests.pipeline.conftest import build
+from tests.pipeline.test_build import by_clip, shards
+
+
+def test_demo_video_statuses_faces_and_window_alignment(demo_store):
+    clips = by_clip(shards(demo_store))
+    video = {cid: s.clips["video_status"][i] for cid, (s, i) in clips.items()}
+    assert video["s1_sadness_02"] == "no_video_stream"  # the audio-only wav
+    assert video["bad_noaudio"] == "ok"                 # video without audio still gives faces
+    assert video["bad_truncated"] in ("truncated", "decode_error")
+    assert sum(v == "ok" for v in video.values()) == 19
+    for cid, (s, i) in clips.items():
+        if video[cid] != "ok":
+            continue
+        v = s.group("video")
+        rows = slice(v["offsets"][i], v["offsets"][i + 1])
+        assert v["found"][rows].mean() >= 0.9  # a face in at least 90 % of the frames
+        assert s.clips["fps"][i] == np.float32(30000 / 1001)
+        mine = np.flatnonzero((s.windows["clip"] == i) & (s.windows["video_ok"] == 1))
+        t = v["time"][rows]
+        for k in mine:
+            idx = s.windows["video_frames"][k]
+            assert len(idx) == 16 and np.all(np.diff(idx) >= 0)
+            inside = (t[idx] >= s.windows["t_begin"][k] - 1e-6) & (t[idx] < s.windows["t_end"][k])
+            assert inside.all()
+            assert s.window_video(k).shape == (16, 173, 173, 3) and s.window_video(k, small=True).shape == (16, 72, 72, 3)
+            assert s.window_video(k).mean() > 20  # real crops, not the zeros of a masked window
+            assert not np.isnan(s.window_pca(k)).any()
+
+
+def test_landmark_pca_is_white_on_its_fit_set_and_stored_in_every_shard(demo_store):
+    paths = shards(demo_store)
+    pca = [store.Shard(p).group("pca") for p in paths]
+    for p in pca[1:]:
+        np.testing.assert_array_equal(p["components"], pca[0]["components"])
+    assert pca[0]["components"].shape == (20, 98)
+    frames = np.concatenate([store.Shard(p).group("video")["pca"] for p in paths])
+    frames = frames[~np.isnan(frames).any(axis=1)]
+    np.testing.assert_allclose(frames.mean(axis=0), 0, atol=1e-3)
+    np.testing.assert_allclose(frames.var(axis=0, ddof=1), 1, rtol=1e-3)
+
+
+def test_face_parameter_change_reruns_only_the_visual_stages(store_copy):
+    ran = build(store_copy, "--Faces-margin", "0.8")
+    assert ran == ["Align"] * 3 + ["BuildShards"] + ["Faces"] * 3 + ["LandmarkPCA"] + ["Shard"] * 3
