@@ -238,6 +238,15 @@ class Shard:
     def vad(self, clip: int) -> np.ndarray:
         return self._ragged("vad", "weight", clip)
 
+    def video(self, clip: int, name: str, rows=None) -> np.ndarray:
+        """Clip ``clip``'s rows of ``video/<name>`` (e.g. "time", "box", "crop"); ``rows`` picks
+        some of them (indices into the clip's frames, increasing) without reading the rest."""
+        off = self._dataset("video/offsets")
+        ds = self._dataset(f"video/{name}")
+        if rows is None:
+            return ds[off[clip]:off[clip + 1]]
+        return ds[off[clip] + np.asarray(rows, dtype=np.int64)]
+
     def units(self, clip: int) -> dict[str, np.ndarray]:
         return {k: self._ragged("units", k, clip) for k in ("t_begin", "t_end", "kind")}
 
