@@ -1,7 +1,8 @@
 """Real-time factor of the audio chain: ``python bench/bench_audio_chain.py [--clips N] [--out DIR]``.
 
 Builds a corpus of N (default 120) replicated 48 kHz stereo demo clips with the ``luigi`` CLI in a
-subprocess (``--workers 2 --batch-size 16``, so at least 4 batches), wall time including start-up;
+subprocess (``--workers 2 --batch-size 16 --video false``: the audio chain and the shards, not the
+visual chain, which ``bench_visual.py`` measures), wall time including start-up;
 RTF = seconds of audio / wall seconds (target >= 200).
 
 Diagnostics (``--no-diagnose`` skips them): the same build again into a fresh store through
@@ -30,6 +31,7 @@ sys.path.insert(0, HERE)
 from corpus import DATASET, good_clips, replicate  # noqa: E402
 
 TARGET_RTF = 200.0
+AUDIO_ONLY = ("--video", "false")  # the audio chain: Decode, VAD, Prosody, LogMel, Segment, Shard
 SUMMARY = re.compile(r"BuildShards (\S+): (\d+) clips ok, (\d+) failed, (\d+) windows, (\d+) shards")
 
 
@@ -62,9 +64,10 @@ def luigi_counts(log: str) -> dict:
     return out
 
 
-def timed_build(manifest: str, store: str, log: str, *, batch_size: int, audio_s: float, env: dict) -> dict:
+def timed_build(manifest: str, store: str, log: str, *, batch_size: int, audio_s: float, env: dict,
+                extra: tuple = ()) -> dict:
     r = build([sys.executable, os.path.join(HERE, "_timed_luigi.py")], manifest, store, batch_size=batch_size,
-              env={"BENCH_TASK_LOG": log, **env})
+              env={"BENCH_TASK_LOG": log, **env}, extra=extra)
     from _timed_luigi import summarize
 
     return {"wall_s": r["wall_s"], "rtf": round(audio_s / r["wall_s"], 1), **summarize(log)}
@@ -134,17 +137,17 @@ def main() -> None:
         if batches < 2:
             raise SystemExit(f"{args.clips} clips at batch size {args.batch_size} give {batches} batches; need >= 2")
         luigi_bin = shutil.which("luigi") or "luigi"
-        cli = build([luigi_bin], manifest, os.path.join(work, "store"), batch_size=args.batch_size)
+        cli = build([luigi_bin], manifest, os.path.join(work, "store"), batch_size=args.batch_size, extra=AUDIO_ONLY)
         rtf = audio_s / cli["wall_s"]
         out = {"benchmark": "audio_chain", "clips": args.clips, "audio_s": round(audio_s, 3),
                "workers": 2, "batch_size": args.batch_size, "batches": batches,
                "cli": {**cli, "command": f"luigi --module pipeline BuildShards --dataset {DATASET} --manifest M "
-                                         f"--store S --local-scheduler --workers 2 --batch-size {args.batch_size}"},
+                                         f"--store S --local-scheduler --workers 2 --batch-size {args.batch_size} --video false"},
                "rtf": round(rtf, 1), "target_rtf": TARGET_RTF, "target_met": rtf >= TARGET_RTF}
         if not args.no_diagnose:
             out["task_breakdown"] = timed_build(manifest, os.path.join(work, "store_timed"),
                                                 os.path.join(work, "tasks.jsonl"), batch_size=args.batch_size,
-                                                audio_s=audio_s, env={})
+                                                audio_s=audio_s, env={}, extra=AUDIO_ONLY)
             p = subprocess.run([sys.executable, os.path.abspath(__file__), "--_stages"], cwd=ROOT,
                                capture_output=True, text=True, check=True)
             out["stages_in_process"] = json.loads(p.stdout.strip().splitlines()[-1])

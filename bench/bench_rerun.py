@@ -1,7 +1,8 @@
 """Incremental reruns: ``python bench/bench_rerun.py [--clips N] [--out DIR]``.
 
 A corpus of N (default 1,500, BAUM-1's size) replicated demo clips; with the ``luigi`` CLI
-(``--workers 2``, default batch size 64):
+(``--workers 2``, default batch size 64; audio-only shards, ``--video false``, unless ``--video``:
+the visual chain of 1,500 clips alone takes ~20 min here, see ``bench_visual.py``):
 
 1. the full build (wall time including start-up);
 2. (a) a no-op rerun, wall time including start-up (target <= 5 s);
@@ -35,6 +36,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--out", help="work folder (kept); default a temporary folder, removed")
+    ap.add_argument("--video", action="store_true",
+                    help="build the visual chain too (default: audio-only shards, --video false)")
     args = ap.parse_args()
 
     work = os.path.abspath(args.out) if args.out else tempfile.mkdtemp(prefix="bench_rerun_")
@@ -43,7 +46,8 @@ def main() -> None:
         manifest, audio_s = replicate(os.path.join(work, "corpus"), args.clips)
         store = os.path.join(work, "store")
         luigi_bin = [shutil.which("luigi") or "luigi"]
-        run = (lambda *extra: build(luigi_bin, manifest, store, batch_size=args.batch_size, extra=extra))
+        video = () if args.video else ("--video", "false")
+        run = (lambda *extra: build(luigi_bin, manifest, store, batch_size=args.batch_size, extra=(*video, *extra)))
         full = run()
         noop = run()
         hop = run("--Segment-hop-frames", "30")
@@ -55,7 +59,7 @@ def main() -> None:
             builds[os.path.basename(path)] = {"shards": len(shards),
                                               "shard_dirs": len({os.path.dirname(s) for s in shards})}
         frac = hop["wall_s"] / full["wall_s"]
-        out = {"benchmark": "rerun", "clips": args.clips, "audio_s": round(audio_s, 3), "workers": 2,
+        out = {"benchmark": "rerun", "clips": args.clips, "audio_s": round(audio_s, 3), "workers": 2, "video": args.video,
                "batch_size": args.batch_size, "full_build": {**full, "rtf": round(audio_s / full["wall_s"], 1)},
                "noop_rerun": noop, "hop30_rerun": {**hop, "fraction_of_full": round(frac, 4)},
                "store": {"shard_files": len(shard_files),

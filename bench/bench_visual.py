@@ -17,7 +17,7 @@ Measured:
 * ``stages_in_process``: ms per video frame of each step of the ``Faces`` task, in a fresh process
   on three of the encodes with the task's defaults (cold = first clip, warm = median of the rest).
 * ``storage``: bytes per hour of video in the shards: ``video/crop``, ``video/crop_small`` (HDF5
-  storage size, gzip + shuffle as written), the whole shard files, and the whole store (every
+  storage size, lzf as written), the whole shard files, and the whole store (every
   stage's outputs, e.g. the ``Faces`` batch files, which hold the crops as well).
 
 Prints one JSON object.
@@ -123,7 +123,7 @@ def stage_times(paths: list[str]) -> dict:
         for p in paths:
             t = [time.perf_counter()]
             frames, times, info = video.read_video(p); t.append(time.perf_counter())
-            boxes, ok, _ = face.track_faces(frames, detector=detect, detect_every=5,
+            boxes, ok, _ = face.track_faces(frames, detector=detect, detect_every=10,
                                             scale=min(1.0, 320 / frames.shape[2]), max_gap=5)
             t.append(time.perf_counter())
             lm = landmarks.landmarks68_batch(frames, boxes, ok, predictor=predictor); t.append(time.perf_counter())

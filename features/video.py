@@ -3,7 +3,9 @@
 The visual chain of AVEF §2.1.2 starts from "image frames involving faces"; the frames that fall in
 an audio window [T_begin, T_end] are picked by time, so every frame carries its own presentation
 time, taken from the container's pts (safe for variable-frame-rate files) and counted from the
-start of the video stream. Rotation metadata (the display matrix that phones write) is applied, so
+start of the audio stream (the origin of the audio windows' [t_begin, t_end]), or of the video
+stream in a file without audio. A video stream that starts late (``ffmpeg -itsoffset``) thus keeps
+its lag to the speech. Rotation metadata (the display matrix that phones write) is applied, so
 faces are upright as a player would show them (the same frames as ``ffmpeg``'s autorotate).
 
 A 5 s clip of 854×480 at 30 fps is ~180 MB as RGB; ``iter_video`` yields one frame at a time for
@@ -34,7 +36,9 @@ def iter_video(path: str | os.PathLike, *, fps: float | None = None, max_frames:
 
     Yields
     ------
-    t : float, seconds from the start of the stream (pts × time_base − start_time)
+    t : float, seconds from the start of the audio stream (pts × time_base − the audio stream's
+        start time), or of the video stream when the file has no audio; frames that precede the
+        audio have negative times
     frame : np.ndarray, shape (H, W, 3), uint8 RGB, C-contiguous, rotated upright
 
     Raises ``ClipError`` with status ``decode_error`` (unreadable or zero-byte file, or the first
@@ -60,14 +64,14 @@ def _frames(path, *, fps, max_frames, info):
         info.update(fps=float(fps or rate or 0.0) or None, width=stream.width, height=stream.height,
                     rotation=0, n_frames=0, duration_s=_declared_duration(container, stream))
         tb = float(stream.time_base) if stream.time_base is not None else None
-        start = stream.start_time
+        origin = _audio_origin(container)  # seconds; None: the first video frame's pts
         n = 0
         try:
             for frame in container.decode(stream):
                 if frame.pts is not None and tb is not None:
-                    if start is None:
-                        start = frame.pts
-                    t = (frame.pts - start) * tb
+                    if origin is None:
+                        origin = (frame.pts if stream.start_time is None else stream.start_time) * tb
+                    t = frame.pts * tb - origin
                 elif info["fps"]:
                     t = n / info["fps"]
                 else:
@@ -78,6 +82,7 @@ def _frames(path, *, fps, max_frames, info):
                 if k:
                     image = np.ascontiguousarray(np.rot90(image, k))
                 if n == 0:
+                    t0 = t
                     info.update(rotation=90 * k, height=image.shape[0], width=image.shape[1])
                 n += 1
                 info["n_frames"] = n
@@ -91,9 +96,9 @@ def _frames(path, *, fps, max_frames, info):
     if n == 0:
         raise ClipError("empty_video", "the video stream holds no frames")
     if info["duration_s"] is None:
-        info["duration_s"] = t + 1.0 / info["fps"] if info["fps"] else t
+        info["duration_s"] = t - t0 + 1.0 / info["fps"] if info["fps"] else t - t0
     elif info["fps"]:
-        decoded = t + 1.0 / info["fps"]
+        decoded = t - t0 + 1.0 / info["fps"]
         if decoded < 0.9 * info["duration_s"] - 0.1:
             raise ClipError("truncated", f"decoded {n} frames ({decoded:.2f} s) of a declared "
                                          f"{info['duration_s']:.2f} s")
@@ -144,6 +149,17 @@ def _quarter_turns(rotation) -> int:
     if rotation is None or not np.isfinite(rotation):
         return 0
     return int(round(rotation / 90.0)) % 4
+
+
+def _audio_origin(container) -> float | None:
+    """The audio stream's start time in seconds (where ``features.audio.read_audio``'s sample 0
+    lies on the container's clock), or None when there is no audio stream or it declares none."""
+    if not container.streams.audio:
+        return None
+    a = container.streams.audio[0]
+    if a.start_time is None or a.time_base is None:
+        return None
+    return float(a.start_time * a.time_base)
 
 
 def _declared_duration(container, stream) -> float | None:

@@ -21,11 +21,16 @@ class Shard(BatchTask):
 
     STAGE = "shards"
     CODE_VERSION = SHARD_CODE_VERSION
+    video = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                description="build the visual chain too (false: audio-only shards)")
 
     def requires(self):
-        return {"decode": self.clone(Decode), "vad": self.clone(VAD), "prosody": self.clone(Prosody),
-                "logmel": self.clone(LogMel), "segment": self.clone(Segment), "faces": self.clone(Faces),
-                "align": self.clone(Align), "landmark_pca": self.clone(LandmarkPCA, batch=-1)}
+        stages = {"decode": self.clone(Decode), "vad": self.clone(VAD), "prosody": self.clone(Prosody),
+                  "logmel": self.clone(LogMel), "segment": self.clone(Segment)}
+        if self.video:
+            stages.update(faces=self.clone(Faces), align=self.clone(Align),
+                          landmark_pca=self.clone(LandmarkPCA, batch=-1))
+        return stages
 
     def chain(self) -> dict:
         chain = super().chain()  # cached; the labels join it once
@@ -37,33 +42,28 @@ class Shard(BatchTask):
 
     def run(self):
         from features import store
-        from features.landmarks import pca_whiten
 
         inp = self.requires()
         dec, seg = read_input(inp["decode"]), read_input(inp["segment"])
-        faces = read_input(inp["faces"], "video/shape49")
-        pca = store.read_group(inp["landmark_pca"].output().path, "pca")
         clips = self.clips()
         ds = get_dataset(self.manifest, self.dataset)
         table = dict(dec["clips"])
         table.update(clip_table(clips, seg["clips"]["status"], seg["clips"]["reason"]))
         table["source"] = np.array([os.path.relpath(c.path, ds.root_dir) if c.path else "" for c in clips],
                                    dtype=object)
-        table["video_status"], table["video_reason"] = faces["clips"]["status"], faces["clips"]["reason"]
-        for key in ("fps", "width", "height", "rotation"):
-            table[key] = faces["clips"][key]
         table["label"] = np.array([c.label for c in clips], dtype=object)
         table["speaker"] = np.array([c.speaker for c in clips], dtype=object)
         for column in ("transcript", "valence", "arousal", "partition"):
             values = [dict(c.extra).get(column) for c in clips]
             if any(v is not None for v in values):
                 table[column] = np.array([v or "" for v in values], dtype=object)
-        shape49 = faces["video"]["shape49"]
-        if len(pca["components"]):  # PCA-whitened 49-point shape per frame (Chao §3.1)
-            pca20 = pca_whiten(shape49, mean=pca["mean"], components=pca["components"],
-                               explained_variance=pca["explained_variance"])
-        else:  # no basis could be fitted (too few frames with a face)
-            pca20 = np.full((len(shape49), len(pca["explained_variance"])), np.nan, np.float32)
+        groups = {"clips": table}
+        if self.video:
+            faces = read_input(inp["faces"], "video/shape49")
+            table["video_status"], table["video_reason"] = faces["clips"]["status"], faces["clips"]["reason"]
+            for key in ("fps", "width", "height", "rotation"):
+                table[key] = faces["clips"][key]
+            groups["video"] = {"pca": self.pca20(faces["video"]["shape49"], inp["landmark_pca"])}
         attrs = self.provenance()
         attrs["config"] = {name: t.own_params() for name, t in inp.items()}
         attrs["stages"] = {name: t.chain_digest() for name, t in inp.items()}
@@ -72,7 +72,20 @@ class Shard(BatchTask):
         self.write_stage_json()
         with self.output().temporary_path() as tmp:
             store.assemble(tmp, sources=[t.output().path for t in inp.values()], attrs=attrs,
-                           groups={"clips": table, "video": {"pca": pca20}}, skip=("clips", "audio"))
+                           groups=groups, skip=("clips", "audio"))
+
+    @staticmethod
+    def pca20(shape49: np.ndarray, basis_task) -> np.ndarray:
+        """The PCA-whitened 49-point shape of every frame (Chao §3.1); NaN rows when no basis could
+        be fitted (too few frames with a face in the fit set)."""
+        from features import store
+        from features.landmarks import pca_whiten
+
+        pca = store.read_group(basis_task.output().path, "pca")
+        if not len(pca["components"]):
+            return np.full((len(shape49), len(pca["explained_variance"])), np.nan, np.float32)
+        return pca_whiten(shape49, mean=pca["mean"], components=pca["components"],
+                          explained_variance=pca["explained_variance"])
 
 
 def summarize(shard_paths: list[str]) -> dict:
@@ -83,7 +96,7 @@ def summarize(shard_paths: list[str]) -> dict:
     for path in shard_paths:
         clips = store.read_group(path, "clips")
         by_status.update(clips["status"].tolist())
-        video.update(clips["video_status"].tolist())
+        video.update(clips["video_status"].tolist() if "video_status" in clips else [])
         failed += [f"{i}: {r}" for i, s, r in zip(clips["id"], clips["status"], clips["reason"]) if s != "ok"]
         windows += len(store.read_group(path, "windows")["clip"])
     ok = by_status.pop("ok", 0)
@@ -95,7 +108,8 @@ def format_summary(dataset: str, s: dict, record: str) -> str:
     lines = [f"BuildShards {dataset}: {s['clips_ok']} clips ok, "
              f"{sum(s['clips_failed'].values())} failed, {s['windows']} windows, {len(s['shards'])} shards"]
     lines += [f"  failed {k}: {v}" for k, v in s["clips_failed"].items()]
-    lines.append("  video: " + ", ".join(f"{v} {k}" for k, v in s.get("video", {}).items()))
+    if s.get("video"):
+        lines.append("  video: " + ", ".join(f"{v} {k}" for k, v in s["video"].items()))
     lines += [f"    {line}" for line in s["failed"][:20]]
     lines += [f"  shard {p}" for p in s["shards"]]
     lines.append(f"  build record {record}")
@@ -109,11 +123,13 @@ class BuildShards(luigi.Task):
     batch_size = luigi.IntParameter(default=64, description="clips per batch (shard)")
     manifest = luigi.Parameter(config_path={"section": "paths", "name": "manifest"})
     store = luigi.Parameter(config_path={"section": "paths", "name": "store"})
+    video = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                description="build the visual chain too (--video false: audio-only shards)")
 
     def requires(self):
         n = len(get_dataset(self.manifest, self.dataset).list_clips())
         return [Shard(dataset=self.dataset, batch=k, batch_size=self.batch_size, manifest=self.manifest,
-                      store=self.store) for k in range(n_batches(n, self.batch_size))]
+                      store=self.store, video=self.video) for k in range(n_batches(n, self.batch_size))]
 
     def output(self):
         key = digest(sorted(t.chain_digest() for t in self.requires()))

@@ -19,9 +19,10 @@ class Faces(BatchTask):
     """Decode video, detect and track the subject's face, 68 landmarks, crops, 49-point shape."""
 
     STAGE = "faces"
+    CODE_VERSION = "2"  # 2: frame times on the audio clock; bilinear downscaling for detection; lzf crops
     detector = luigi.ChoiceParameter(default="hog", choices=["hog", "cnn", "opencv"],
                                      description="dlib HOG, dlib MMOD CNN or OpenCV Haar face detector")
-    detect_every = luigi.IntParameter(default=5, description="detect every k-th frame, track in between")
+    detect_every = luigi.IntParameter(default=10, description="detect every k-th frame, track in between (10: landmarks within 1 px of detecting every frame at p95 on 854×480 demo encodes)")
     detect_width = luigi.IntParameter(default=320, description="frames wider than this are downscaled to it for detection")
     upsample = luigi.IntParameter(default=1, description="times dlib doubles the detection image (1: faces >= 40 px)")
     max_gap = luigi.IntParameter(default=5, description="longest face gap (frames) filled by interpolation")
@@ -78,7 +79,9 @@ class Faces(BatchTask):
         infos = [r[0] if r else {} for r in results]
         for key, dt in (("fps", np.float32), ("width", np.int32), ("height", np.int32), ("rotation", np.int16)):
             table[key] = np.array([info.get(key) or 0 for info in infos], dtype=dt)
-        self.write({"clips": table, "video": group})
+        # lzf for the uint8 crops: gzip packs them 1.47×, lzf 1.22×, at 2.5× less write time
+        # (5.0 vs 2.0 ms per frame, bench_visual) and 1.7× faster reads; gzip for the rest
+        self.write({"clips": table, "video": group}, compression={**store.COMPRESSION, "u": "lzf"})
 
 
 class LandmarkPCA(BatchTask):

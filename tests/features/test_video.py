@@ -1,10 +1,12 @@
 import os
 import subprocess
 
+import av
 import numpy as np
 import pytest
 
 from features import ClipError, ParameterError
+from features.audio import read_audio
 from features.video import iter_video, read_video
 
 CLIPS = os.path.join(os.path.dirname(__file__), "..", "data", "demo", "clips")
@@ -151,3 +153,24 @@ def test_parameter_rules_are_checked_before_decoding(kwargs):
         iter_video("/no/such/file.mp4", **kwargs)  # raised at the call, not at the first next()
     with pytest.raises(ParameterError):
         read_video(CLIP, **kwargs)
+
+
+@pytest.mark.parametrize("video_lag", [0.5, -0.5])
+def test_times_count_from_the_audio_stream_start(tmp_path, video_lag):
+    """A video stream muxed to start 0.5 s after (or before) the audio keeps that lag: its frame
+    times are on the audio windows' clock, whose 0 is the first audio sample."""
+    moved = tmp_path / "moved.mp4"  # input 0 is shifted by 0.5 s; take the video from it or the audio
+    video, audio = ("0:v", "1:a") if video_lag > 0 else ("1:v", "0:a")
+    ffmpeg("-itsoffset", abs(video_lag), "-i", CLIP, "-i", CLIP, "-map", video, "-map", audio, "-c", "copy", moved)
+    frames, times, _ = read_video(moved)
+    ref_frames, ref_times, _ = read_video(CLIP)
+    np.testing.assert_array_equal(frames, ref_frames)
+    with av.open(str(moved)) as c:  # the lag as muxed (the AAC priming shifts it by ~21 ms)
+        lag = float(c.streams.video[0].start_time * c.streams.video[0].time_base
+                    - c.streams.audio[0].start_time * c.streams.audio[0].time_base)
+    assert lag == pytest.approx(video_lag, abs=0.03)
+    np.testing.assert_allclose(times, ref_times + lag, atol=1e-6)
+    x, sr = read_audio(moved)  # while the audio samples are unchanged (behind the 1024 AAC priming
+    ref_x, _ = read_audio(CLIP)  # samples that a moved audio stream keeps: the ~21 ms above)
+    assert 0 <= x.shape[1] - ref_x.shape[1] <= 1024
+    np.testing.assert_array_equal(x[:, x.shape[1] - ref_x.shape[1]:], ref_x)

@@ -2,6 +2,7 @@ import glob
 import os
 import subprocess
 
+import h5py
 import luigi
 import numpy as np
 
@@ -136,3 +137,22 @@ def test_cli_fails_with_nonzero_exit_before_any_work_on_a_bad_manifest(tmp_path)
     assert out.returncode != 0
     assert "dataset 'x': field 'root': environment variable NO_SUCH_ROOT_VAR is not set" in out.stdout + out.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_audio_only_shards_reuse_the_audio_stages_and_skip_the_visual_chain(store_copy):
+    ran = build(store_copy, "--video", "false")
+    assert ran == ["BuildShards"] + ["Shard"] * 3  # decoding, VAD, prosody, log-mel, windows reused
+    has_video = {p: "faces" in store.read_attrs(p)["stages"] for p in shards(store_copy)}
+    audio_only = [p for p, v in has_video.items() if not v]
+    assert len(audio_only) == 3 and sum(has_video.values()) == 3
+    full = by_clip([p for p, v in has_video.items() if v])
+    for p in audio_only:
+        s = store.Shard(p)
+        assert "video_status" not in s.clips
+        with h5py.File(p) as f:
+            assert "video" not in f and "pca" not in f and "video_frames" not in f["windows"]
+        for i, cid in enumerate(s.clips["id"]):
+            ref, j = full[cid]
+            np.testing.assert_array_equal(s.logmel(i), ref.logmel(j))
+            assert s.clips["status"][i] == ref.clips["status"][j]
+        np.testing.assert_array_equal(s.windows["t_begin"], full[s.clips["id"][0]][0].windows["t_begin"])
