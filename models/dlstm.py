@@ -198,7 +198,7 @@ class DLSTM(nn.Module):
             z = self.W(C)
         clip = masked_mean(z, mask)  # (B, o)
         key = "pred" if c.task == "regression" else "logits"
-        return {key: clip, "steps": z, "attention": attention,
+        return {key: clip, "steps": z, "outputs": Y, "hidden": C, "attention": attention,
                 "unimodal": {"audio": masked_mean(y_a, mask), "video": masked_mean(y_v, mask)}}
 
     def loss(self, out: dict, batch: dict) -> torch.Tensor:
