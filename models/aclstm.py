@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import fit, masked_mean, masked_softmax, unit_assignment, unit_mean
+from models.layers import fit, make_optimizer, masked_mean, masked_softmax, unit_assignment, unit_mean
 
 VARIANTS = ("feature", "decision", "coupled", "aclstm")
 VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
@@ -226,6 +226,11 @@ class ACLSTM(nn.Module):
         """Feature names this configuration reads (FEATURES with the configured visual one)."""
         return ("logmel", self.config.visual_feature)
 
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        """The config's optimiser over the trainable parameters (trainer hook)."""
+        c = self.config
+        return make_optimizer(self.parameters(), name=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+
     # --- segment features (§III-B) ----------------------------------------------------------
     def segment_features(self, batch: dict) -> dict:
         """Per-segment audio emotion (B,S,300), sound-type (B,S,700) and visual (B,S,H) features."""
@@ -339,6 +344,11 @@ class ACLSTM(nn.Module):
         hist["ntn"] = fit(self.ntn.parameters(), self._ntn_loss, loader, device, epochs=c.ntn_epochs, lr=c.pretrain_lr)
         self.ntn.requires_grad_(False)
         return hist
+
+
+def features(cfg: ACLSTMConfig) -> tuple[str, ...]:
+    """Feature names a configuration reads (FEATURES with the configured visual feature)."""
+    return ("logmel", cfg.visual_feature)
 
 
 CONFIG = ACLSTMConfig

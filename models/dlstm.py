@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import GeneralScore, masked_mean
+from models.layers import GeneralScore, make_optimizer, masked_mean
 
 FUSIONS = ("attention", "olb", "hlb")
 
@@ -159,6 +159,11 @@ class DLSTM(nn.Module):
     def features(self) -> tuple[str, ...]:
         return (self.config.audio_feature, self.config.video_feature)
 
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        """The config's optimiser over the trainable parameters (trainer hook)."""
+        c = self.config
+        return make_optimizer(self.parameters(), name=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+
     @property
     def bypass(self) -> bool:
         """Embedding attention is bypassed for the first ``bypass_epochs`` epochs (§3.1)."""
@@ -209,6 +214,11 @@ class DLSTM(nn.Module):
                            "labels CSV must have valence,arousal columns (or use task='classification')")
         target = torch.stack([batch["valence"], batch["arousal"]], -1).to(out["pred"].dtype)
         return F.mse_loss(out["pred"], target)
+
+
+def features(cfg: DLSTMConfig) -> tuple[str, ...]:
+    """Feature names a configuration reads."""
+    return (cfg.audio_feature, cfg.video_feature)
 
 
 CONFIG = DLSTMConfig

@@ -98,6 +98,14 @@ class GeneralScore(nn.Module):
         return torch.einsum("bq,qk,bsk->bs", h, self.W_a, hs)
 
 
+def make_optimizer(params, *, name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimiser a config names ("adam", "adadelta", "sgd"), for ``configure_optimizer``."""
+    table = {"adam": torch.optim.Adam, "adadelta": torch.optim.Adadelta, "sgd": torch.optim.SGD}
+    if name not in table:
+        raise ValueError(f"optimizer={name!r}: use one of {sorted(table)}")
+    return table[name]([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+
 def to_device(batch: dict, device) -> dict:
     """Move the tensors of a batch dict to ``device`` (other values pass through)."""
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}

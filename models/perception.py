@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import last_step, masked_mean, masked_softmax
+from models.layers import last_step, make_optimizer, masked_mean, masked_softmax
 
 VARIANTS = ("perception", "average", "last")
 
@@ -161,6 +161,11 @@ class PerceptionAttention(nn.Module):
         c = self.config
         return (c.audio_feature, c.video_feature) + ((c.appearance_feature,) if c.appearance_feature else ())
 
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        """The config's optimiser over the trainable parameters (trainer hook)."""
+        c = self.config
+        return make_optimizer(self.parameters(), name=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+
     def sequences(self, batch: dict):
         """Audio (B,Ta,192) + mask and visual (B,Tv,20) [+ appearance] + mask from the windows."""
         c = self.config
@@ -203,6 +208,11 @@ class PerceptionAttention(nn.Module):
 
     def loss(self, out: dict, batch: dict) -> torch.Tensor:
         return F.cross_entropy(out["logits"], batch["label"])
+
+
+def features(cfg: PerceptionConfig) -> tuple[str, ...]:
+    """Feature names a configuration reads."""
+    return (cfg.audio_feature, cfg.video_feature) + ((cfg.appearance_feature,) if cfg.appearance_feature else ())
 
 
 CONFIG = PerceptionConfig

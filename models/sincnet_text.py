@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import fit, masked_softmax
+from models.layers import fit, make_optimizer, masked_softmax
 
 FUSIONS = ("F-I", "F-II", "F-III")
 
@@ -232,6 +232,11 @@ class SincNetText(nn.Module):
         self.fusion = nn.Sequential(nn.Linear(d, c.fusion_hidden), nn.ReLU(), nn.Dropout(c.dropout),
                                     nn.Linear(c.fusion_hidden, c.n_classes))
 
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        """The config's optimiser over the trainable parameters (trainer hook)."""
+        c = self.config
+        return make_optimizer(self.parameters(), name=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+
     @property
     def chunk(self) -> int:
         return int(round(self.config.sr * self.config.chunk_ms / 1000))
@@ -299,6 +304,11 @@ class SincNetText(nn.Module):
 
         return {"audio": fit(self.audio.parameters(), audio_loss, loader, device, epochs=c.pretrain_epochs, lr=c.lr),
                 "text": fit(self.text.parameters(), text_loss, loader, device, epochs=c.pretrain_epochs, lr=c.lr)}
+
+
+def features(cfg: SincNetTextConfig) -> tuple[str, ...]:
+    """Feature names a configuration reads."""
+    return FEATURES
 
 
 CONFIG = SincNetTextConfig

@@ -116,7 +116,7 @@ def test_crop_small_visual_path_with_a_tiny_vgg():
     out = model(batch)
     model.loss(out, batch).backward()
     assert model.vgg[0].weight.grad.abs().sum() > 0
-    assert model.features == ("logmel", "crop_small")
+    assert model.features == A.features(model.config) == ("logmel", "crop_small")
 
 
 def test_clip_logits_are_the_log_mean_of_segment_posteriors():
@@ -159,6 +159,9 @@ def test_pretrain_trains_ntn_on_agreement_and_freezes_extractors():
     assert not any(p.requires_grad for p in model.emotion_cnn.parameters())
     assert not any(p.requires_grad for p in model.ntn.parameters())
     assert all(p.requires_grad for p in model.cell.parameters())
+    trained = {id(p) for g in model.configure_optimizer().param_groups for p in g["params"]}
+    assert trained.isdisjoint(id(p) for p in model.ntn.parameters())  # the trainer leaves them alone
+    assert trained.issuperset(id(p) for p in model.cell.parameters())
     # without annotations the target is the agreement of the unimodal classifiers' predictions
     del batch["segment_label_audio"], batch["segment_label_visual"]
     with torch.no_grad():

@@ -128,6 +128,9 @@ def test_paper_sizes():
     base = P.PerceptionAttention(P.PerceptionConfig(variant="average"))
     assert base.encoder.audio_lstm.hidden_size == 64 and base.encoder.av_lstm.hidden_size == 64
     assert base.encoder.audio_in[0].weight.shape == (64, 192)
+    opt = model.configure_optimizer()  # §4.1: Adadelta, weight decay 5e-4
+    assert isinstance(opt, torch.optim.Adadelta) and opt.defaults["weight_decay"] == 5e-4
+    assert P.features(P.PerceptionConfig(appearance_feature="descriptor")) == ("logmel", "pca", "descriptor")
     with pytest.raises(ValueError, match="variant"):
         P.PerceptionAttention(P.PerceptionConfig(variant="max"))
 
