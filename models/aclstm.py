@@ -44,7 +44,7 @@ attention-based LSTM), ``"decision"`` (an attention-based LSTM per modality, pos
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
