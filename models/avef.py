@@ -18,11 +18,13 @@
   separate networks and 10 for the whole model, 500 epochs.
 
 Decisions the paper leaves open: the first RBM has Gaussian visible units (unit variance; the fc7
-features are real-valued, so they are standardised with the pre-training statistics, kept as
-buffers), the second Bernoulli units (Hinton, "A practical guide to training RBMs", 2010, §13.2);
+features are real-valued, so they are centred and scaled with the pre-training statistics, kept
+as buffers), the second Bernoulli units (Hinton, "A practical guide to training RBMs", 2010, §13.2);
 the CD-1 statistics use hidden probabilities and a sampled hidden state for the reconstruction
 (ibid. §3). The transfer-learning initialisation from other corpora (§2.2) is the trainer's
-``--init`` (a checkpoint whose matching layers are copied).
+``--init`` (a checkpoint whose matching layers are copied). Without the published pre-trained
+weights the two CNNs start from He initialisation (He et al., 2015), which trains on small data where
+PyTorch's default initialisation stalls on a plateau for many epochs.
 """
 from __future__ import annotations
 
@@ -144,7 +146,9 @@ class RBM(nn.Module):
 
     def __init__(self, n_visible: int, n_hidden: int, *, gaussian: bool = False):
         super().__init__()
-        self.W = nn.Parameter(0.01 * torch.randn(n_visible, n_hidden))
+        # N(0, 0.01²) in Hinton's guide (§8) for ~10⁴ visible units; 1/√n_visible is the same there
+        # (0.011 for 8192) and keeps the hidden input at unit scale for the narrow test widths
+        self.W = nn.Parameter(torch.randn(n_visible, n_hidden) / n_visible ** 0.5)
         self.b = nn.Parameter(torch.zeros(n_visible))   # visible bias
         self.c = nn.Parameter(torch.zeros(n_hidden))    # hidden bias
         self.gaussian = gaussian
@@ -200,6 +204,10 @@ class AVEF(nn.Module):
             raise ValueError(f"emotion_model must be discrete, arousal or valence, got {cfg.emotion_model!r}")
         self.cfg = cfg
         self.audio, self.visual, self.dbn = AudioNet(cfg), VisualNet(cfg), DBN(cfg)
+        for m in [*self.audio.modules(), *self.visual.modules()]:  # He init for the ReLU networks
+            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     @property
     def crop_key(self) -> str:
@@ -241,7 +249,9 @@ class AVEF(nn.Module):
         with torch.no_grad():
             x = torch.cat([self.fc7({k: v.to(device) for k, v in b.items()}).float().cpu() for b in loader])
         self.dbn.in_mean.copy_(x.mean(0))
-        self.dbn.in_std.copy_(x.std(0).clamp_min(1e-3))
+        # one scale for all units (the root-mean-square of the per-unit stds): a per-unit scale would
+        # blow rarely active ReLU units up and saturate the sigmoid layers above them
+        self.dbn.in_std.fill_(float(x.var(0).mean().sqrt()) + 1e-6)
         h = ((x - self.dbn.in_mean.cpu()) / self.dbn.in_std.cpu()).to(device)
         g = torch.Generator().manual_seed(0)
         for rbm in self.dbn.rbms:
