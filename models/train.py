@@ -125,7 +125,7 @@ def train_epoch(model, module, dl, opt, device) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total, n = total + float(loss) * len(batch["label"]), n + len(batch["label"])
+        total, n = total + float(loss.detach()) * len(batch["label"]), n + len(batch["label"])
     return total / max(n, 1)
 
 
@@ -142,7 +142,7 @@ def predict(model, module, dl, device) -> dict:
         with _autocast(device):
             out = model(batch)
         loss = loss_fn(out, batch)
-        total, n = total + float(loss) * len(batch["label"]), n + len(batch["label"])
+        total, n = total + float(loss.detach()) * len(batch["label"]), n + len(batch["label"])
         for k in keep:
             src = out if k in ("logits", "pred", "embedding") else batch
             if k in src:
