@@ -1,1 +1,33 @@
-"""Fusion models and trainers that read only the shards (``features.store.Shard``)."""
+"""Fusion models and trainers that read only the shards (``features.store.Shard``).
+
+``MODELS`` maps a model name to its module (imported lazily by :func:`load`); a module defines
+``CONFIG`` (a dataclass with the paper's defaults), ``MODEL`` (the nn.Module), ``MODE``
+("window" or "clip") and ``FEATURES`` (CONTRACT.md).
+"""
+import importlib
+
+MODELS = {"avef": "models.avef", "aclstm": "models.aclstm", "dlstm": "models.dlstm",
+          "perception": "models.perception", "sincnet_text": "models.sincnet_text"}
+
+
+def load(name: str):
+    """The module of model ``name``; an unknown name or a module that is not there is a clear error."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    try:
+        return importlib.import_module(MODELS[name])
+    except ModuleNotFoundError as err:
+        if err.name == MODELS[name]:
+            raise ValueError(f"model {name!r}: module {MODELS[name]} is not in this checkout") from None
+        raise
+
+
+def available() -> dict:
+    """{name: module} for every registered model whose module imports here."""
+    out = {}
+    for name in MODELS:
+        try:
+            out[name] = load(name)
+        except ValueError:
+            continue
+    return out

@@ -1,8 +1,12 @@
 import os
+import shutil
 import subprocess
 
+import luigi
 import numpy as np
 import pytest
+
+import pipeline  # noqa: F401  (loads workflows.cfg, registers the tasks)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "tests", "data", "demo")
@@ -20,3 +24,37 @@ def speech_16k(tmp_path_factory):
     y, _ = librosa.load(path, sr=16000)
     pad = np.zeros(8000, np.float32)
     return np.concatenate([pad, y, pad])
+
+
+RAN: list[str] = []
+
+
+@luigi.Task.event_handler(luigi.Event.SUCCESS)
+def _record(task):
+    RAN.append(task.task_family)
+
+
+def build(store, *args, dataset="demo", manifest=None):
+    """Run BuildShards in this process; returns the families of the tasks that ran."""
+    RAN.clear()
+    argv = ["BuildShards", "--dataset", dataset, "--store", str(store), "--batch-size", "8",
+            "--local-scheduler", "--no-lock", "--workers", "1", *args]
+    if manifest:
+        argv += ["--manifest", str(manifest)]
+    assert luigi.run(argv), f"luigi.run({argv}) failed"
+    return sorted(RAN)
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory):
+    """The demo corpus built once (3 batches of ≤ 8 clips); copy it before changing it."""
+    store = tmp_path_factory.mktemp("store")
+    build(store, manifest=os.path.join(ROOT, "data_manifest.yaml"))
+    return store
+
+
+@pytest.fixture
+def store_copy(demo_store, tmp_path):
+    dst = tmp_path / "store"
+    shutil.copytree(demo_store, dst)
+    return dst

@@ -2,45 +2,9 @@ import os
 import shutil
 import subprocess
 
-import luigi
 import numpy as np
-import pytest
 
-import pipeline  # noqa: F401  (loads workflows.cfg, registers the tasks)
-from tests.conftest import DEMO, ROOT
-
-RAN: list[str] = []
-
-
-@luigi.Task.event_handler(luigi.Event.SUCCESS)
-def _record(task):
-    RAN.append(task.task_family)
-
-
-def build(store, *args, dataset="demo", manifest=None):
-    """Run BuildShards in this process; returns the families of the tasks that ran."""
-    RAN.clear()
-    argv = ["BuildShards", "--dataset", dataset, "--store", str(store), "--batch-size", "8",
-            "--local-scheduler", "--no-lock", "--workers", "1", *args]
-    if manifest:
-        argv += ["--manifest", str(manifest)]
-    assert luigi.run(argv), f"luigi.run({argv}) failed"
-    return sorted(RAN)
-
-
-@pytest.fixture(scope="session")
-def demo_store(tmp_path_factory):
-    """The demo corpus built once (3 batches of ≤ 8 clips); copy it before changing it."""
-    store = tmp_path_factory.mktemp("store")
-    build(store, manifest=os.path.join(ROOT, "data_manifest.yaml"))
-    return store
-
-
-@pytest.fixture
-def store_copy(demo_store, tmp_path):
-    dst = tmp_path / "store"
-    shutil.copytree(demo_store, dst)
-    return dst
+from tests.conftest import DEMO, RAN, ROOT, build  # noqa: F401  (build and the fixtures live in tests/conftest.py)
 
 
 def make_corpus(root, *, good, bad=True):

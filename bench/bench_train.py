@@ -1,0 +1,122 @@
+"""Training throughput per model: ``python bench/bench_train.py [--store DIR] [--paper] [--steps N]``.
+
+For every model of ``models.MODELS`` whose module imports here, on the demo shards (built into a
+temporary store with the ``luigi`` CLI unless ``--store`` holds them): samples/s of the loader alone
+(a ``DataLoader`` with ``--workers`` workers, the model's mode and features, batch = the config's
+``batch_size``) and of full training steps (loader + forward + loss + backward + optimizer step; bf16
+autocast on a GPU). A model whose features are not in the shards is reported with the reason.
+AVEF runs at its small test widths on a CPU and at the published sizes on a GPU (``--paper`` forces
+them). Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import models  # noqa: E402
+from models.data import ShardDataset, clip_table, find_shards, loader  # noqa: E402
+from models.train import _autocast, classes_of, features_of, make_config  # noqa: E402
+
+SMALL = {"avef": dict(small_crops=True, audio_size=67, audio_channels=(16, 32, 32, 32, 32), visual_size=32,
+                      visual_channels=(4, 8, 8, 8, 16, 16, 16, 16), fc=64, dbn_hidden=(32, 16))}
+
+
+def demo_store() -> str:
+    store = tempfile.mkdtemp(prefix="bench_train_")
+    subprocess.run(["luigi", "--module", "pipeline", "BuildShards", "--dataset", "demo", "--store", store,
+                    "--local-scheduler", "--batch-size", "8"], cwd=ROOT, check=True, capture_output=True)
+    return store
+
+
+def bench(name, table, *, device, paper, steps, workers) -> dict:
+    module = models.load(name)
+    cfg = make_config(module, {} if paper else SMALL.get(name, {}))
+    classes, label_map = classes_of(module, cfg, table.manifest["label_set"])
+    if hasattr(cfg, "n_classes"):
+        cfg.n_classes = len(classes)
+    feats = features_of(module, cfg)
+    try:
+        ds = ShardDataset(table, range(len(table)), features=feats, mode=module.MODE, label_map=label_map)
+    except ValueError as err:  # ParameterError: a feature is not in the shards
+        return {"skipped": str(err)}
+    bs = getattr(cfg, "batch_size", 16)
+    dl = loader(ds, batch_size=bs, shuffle=True, num_workers=workers, device=device)
+
+    def batches(n):
+        k = 0
+        while True:
+            for b in dl:
+                yield b
+                k += 1
+                if k >= n:
+                    return
+
+    next(iter(dl))  # warm-up: workers started, files opened
+    t0, n = time.perf_counter(), 0
+    for b in batches(steps):
+        n += len(b["label"])
+    loader_rate = n / (time.perf_counter() - t0)
+    model = module.MODEL(cfg).to(device)
+    opt = model.configure_optimizer() if hasattr(model, "configure_optimizer") else torch.optim.Adam(model.parameters())
+    model.train()
+
+    def step(b):
+        b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+        with _autocast(device):
+            out = model(b)
+        loss = model.loss(out, b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return len(b["label"])
+
+    step(next(iter(dl)))  # warm-up (allocations, cudnn autotuning)
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    t0, n = time.perf_counter(), 0
+    for b in batches(steps):
+        n += step(b)
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    step_rate = n / (time.perf_counter() - t0)
+    return {"mode": module.MODE, "features": list(feats), "batch_size": bs, "items": len(ds),
+            "params": sum(p.numel() for p in model.parameters()), "sizes": "paper" if paper or name not in SMALL else "small",
+            "loader_samples_per_s": round(loader_rate, 1), "train_samples_per_s": round(step_rate, 1),
+            "loader_bound": loader_rate < 2 * step_rate}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--store", help="a store holding the demo shards (default: build them in a temporary folder)")
+    p.add_argument("--paper", action="store_true", help="the published sizes also on a CPU")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--models", nargs="*", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    table = clip_table(find_shards(args.store or demo_store(), "demo"))
+    names = args.models or list(models.available())
+    out = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+           "torch": torch.__version__, "threads": args.threads, "workers": args.workers, "steps": args.steps,
+           "models": {}, "not_importable": [m for m in models.MODELS if m not in models.available()]}
+    for name in names:
+        out["models"][name] = bench(name, table, device=device, paper=args.paper or device == "cuda",
+                                    steps=args.steps, workers=args.workers)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

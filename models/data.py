@@ -1,0 +1,416 @@
+"""``ShardDataset``: batches for the trainers, read from the shards only (``features.store.Shard``).
+
+Two modes (CONTRACT.md, "Batches"):
+
+- ``"window"``: one item is one 655 ms window (AVEF §2.2: every audio/visual segment carries its
+  clip's label). ``logmel`` (3, 64, 64), ``crop`` (3, 16, 173, 173) in [0, 1], ``pca`` (16, 20), …
+- ``"clip"``: one item is one clip; each per-window feature gets a time axis T (the clip's windows),
+  padded by :func:`collate` with ``mask`` (B, T) True on real windows and ``unit`` (B, T) the
+  prosodic unit of each window (-1 on padding).
+
+Masks are honoured: clips whose ``status`` is not ``ok`` are never items; a window whose video is
+unusable (``windows/video_ok`` = 0, or a NaN PCA row) gets ``video_ok`` False, its visual features
+are zeros (never NaN), and in window mode it is left out when a visual feature is requested
+(``drop_no_video``, AVEF §4.3.1: the cross-modal denoising removes such segments).
+
+The HDF5 files are opened lazily in the process that reads (``Shard`` reopens after a fork), so a
+dataset can go to DataLoader workers as is.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.errors import ParameterError
+from features.store import Shard
+
+# name -> (kind, HDF5 dataset whose presence means the feature is in the shard, how to enable it)
+_EMB = "build the shards with the embeddings stage (README 'Embeddings')"
+FEATURES = {
+    "logmel": ("window", "frames/logmel", "it is part of every shard; rebuild the shards"),
+    "crop": ("window", "video/crop", "build the shards with the visual chain (Faces, Align)"),
+    "crop_small": ("window", "video/crop_small", "build the shards with the visual chain (Faces, Align)"),
+    "pca": ("window", "video/pca", "build the shards with the visual chain (LandmarkPCA)"),
+    "vggish_window": ("window", "windows/vggish", f"{_EMB} with VGGish weights"),
+    "descriptor": ("window", "video/descriptor", f"{_EMB} (dlib face descriptor)"),
+    "vggface": ("window", "video/vggface", f"{_EMB} with VGGFace enabled"),
+    "vggish": ("clip", "vggish/embedding", f"{_EMB} with VGGish weights"),
+    "glove": ("clip", "text/glove", f"{_EMB} with GloVe vectors and a transcript column"),
+    "waveform": ("clip", "audio/waveform", f"{_EMB} (waveform)"),
+}
+VISUAL = ("crop", "crop_small", "pca", "descriptor", "vggface")
+
+
+def find_shards(store: str | os.PathLike, dataset: str, *, build: str | None = None) -> list[str]:
+    """The shard files of one build of ``dataset`` under ``store``.
+
+    The build record ``store/<dataset>/builds/<digest>.json`` (written by ``BuildShards``) names the
+    shards of one configuration; ``build`` picks a record (its digest or path), else the newest.
+    Without records, every ``store/<dataset>/shards/*/shard-*.h5``.
+    """
+    base = os.path.join(os.fspath(store), dataset)
+    records = sorted(glob.glob(os.path.join(base, "builds", "*.json")), key=os.path.getmtime)
+    if build:
+        records = [r for r in records if build in (r, os.path.splitext(os.path.basename(r))[0])]
+        if not records:
+            raise ParameterError(f"no build record {build!r} under {base}/builds")
+    if records:
+        with open(records[-1]) as f:
+            named = json.load(f)["shards"]
+        # the record holds the paths as the build saw them: re-root them under this store
+        paths = [os.path.join(base, *p.replace("\\", "/").split("/")[-3:]) for p in named]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise ParameterError(f"build record {records[-1]} names shards that are missing: {missing[:3]}; "
+                                 f"rebuild with: luigi --module pipeline BuildShards --dataset {dataset}")
+        return paths
+    paths = sorted(glob.glob(os.path.join(base, "shards", "*", "shard-*.h5")))
+    if not paths:
+        raise ParameterError(f"no shards of dataset {dataset!r} under {store}; build them with: "
+                             f"luigi --module pipeline BuildShards --dataset {dataset} --store {store}")
+    return paths
+
+
+def has_feature(shard: Shard, name: str) -> bool:
+    """Whether ``shard`` holds feature ``name`` (``Shard.has`` when the reader has it)."""
+    if name not in FEATURES:
+        raise ParameterError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
+    if hasattr(shard, "has"):
+        return bool(shard.has(name))
+    return FEATURES[name][1] in shard._file()
+
+
+@dataclass
+class ClipTable:
+    """One row per clip over all shards; the row index is the global clip index (``batch["clip"]``)."""
+
+    paths: list
+    shard: np.ndarray      # (n,) int: index into ``paths``
+    index: np.ndarray      # (n,) int: the clip's index inside its shard
+    id: np.ndarray
+    status: np.ndarray
+    label: np.ndarray
+    speaker: np.ndarray
+    partition: np.ndarray  # "" when the corpus has none
+    valence: np.ndarray    # float, NaN when absent
+    arousal: np.ndarray
+    n_windows: np.ndarray
+    manifest: dict         # the dataset's manifest entry as the build saw it (label_set, protocol)
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Clips with status ``ok`` and at least one window."""
+        return (self.status == "ok") & (self.n_windows > 0)
+
+
+def _floats(values) -> np.ndarray:
+    out = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def clip_table(paths: list[str]) -> ClipTable:
+    cols = {k: [] for k in ("shard", "index", "id", "status", "label", "speaker", "partition",
+                            "valence", "arousal", "n_windows")}
+    manifest = {}
+    for k, p in enumerate(paths):
+        s = Shard(p)
+        c = s.clips
+        n = len(c["id"])
+        off = s._file()["windows/offsets"][()]
+        cols["shard"] += [k] * n
+        cols["index"] += list(range(n))
+        for key in ("id", "status", "label", "speaker"):
+            cols[key] += list(c[key])
+        cols["partition"] += list(c.get("partition", [""] * n))
+        cols["valence"] += list(_floats(c.get("valence", [None] * n)))
+        cols["arousal"] += list(_floats(c.get("arousal", [None] * n)))
+        cols["n_windows"] += list(np.diff(off))
+        manifest = manifest or s.attrs.get("manifest", {})
+        s.close()
+    arr = {k: np.asarray(v, dtype=object if k in ("id", "status", "label", "speaker", "partition") else None)
+           for k, v in cols.items()}
+    for k in ("shard", "index", "n_windows"):
+        arr[k] = arr[k].astype(np.int64)
+    return ClipTable(paths=list(paths), manifest=manifest, **arr)
+
+
+class ShardDataset:
+    """Items from the shards for the clips ``rows`` of ``table`` (a torch map-style dataset).
+
+    Parameters
+    ----------
+    table : ClipTable (``clip_table(find_shards(store, dataset))``)
+    rows : the global clip indices to use (a fold's train/val/test part); clips that are not
+        ``ok`` or have no window are skipped.
+    features : feature names (``FEATURES``); a name missing from the shards raises a
+        ``ParameterError`` naming it and how to enable it.
+    mode : "window" or "clip"
+    label_map : {label name: class index}; clips whose label is not in it are skipped.
+        Default: the manifest's ``label_set`` order. A corpus with the label set ``[continuous]``
+        gives ``label`` -1 and the ``valence``/``arousal`` values.
+    norm : {feature: (mean, std)} arrays broadcasting against one item's feature (``fit_norm``)
+    pca_basis : a ``features.landmarks.fit_pca`` basis: ``pca`` is then recomputed from the stored
+        49-point shapes (refit on a training fold) instead of read.
+    drop_no_video : in window mode, leave out windows whose video is unusable (default: when a
+        visual feature is requested).
+    """
+
+    def __init__(self, table: ClipTable, rows, *, features, mode: str = "window", label_map=None,
+                 norm=None, pca_basis=None, drop_no_video=None):
+        if mode not in ("window", "clip"):
+            raise ParameterError(f"mode must be 'window' or 'clip', got {mode!r}")
+        self.table, self.mode, self.features = table, mode, tuple(features)
+        self.shards = [Shard(p) for p in table.paths]
+        for name in self.features:
+            if name not in FEATURES:
+                raise ParameterError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
+            if mode == "window" and FEATURES[name][0] == "clip":
+                raise ParameterError(f"feature {name!r} is per clip; use mode='clip'")
+            for s in self.shards:
+                if not has_feature(s, name):
+                    raise ParameterError(f"feature {name!r} is not in shard {s.path}: {FEATURES[name][2]}")
+        if "pca" in self.features and pca_basis is None:
+            for s in self.shards:
+                if not len(s._file()["pca/components"]):
+                    raise ParameterError(f"shard {s.path} has no landmark PCA basis (too few frames with a "
+                                         f"face to fit one): pass pca_basis (models.protocols.fit_pca_basis) "
+                                         f"or leave out the feature 'pca'")
+        label_set = list(table.manifest.get("label_set", sorted(set(table.label))))
+        self.continuous = label_set == ["continuous"]
+        self.label_map = dict(label_map) if label_map is not None else {l: i for i, l in enumerate(label_set)}
+        self.norm = {k: tuple(np.asarray(a, np.float32) for a in v) for k, v in (norm or {}).items()}
+        self.pca_basis = pca_basis
+        visual = [f for f in self.features if f in VISUAL]
+        self.drop_no_video = bool(visual) if drop_no_video is None else drop_no_video
+        rows = np.asarray(sorted(set(int(r) for r in rows)), dtype=np.int64)
+        keep = table.usable[rows] if len(rows) else np.zeros(0, bool)
+        if not self.continuous:
+            keep &= np.array([table.label[r] in self.label_map for r in rows], bool)
+        self.clips = rows[keep]
+        self.items = self._index()
+
+    # -- index -------------------------------------------------------------------------------
+    def _index(self) -> list:
+        t = self.table
+        if self.mode == "clip":
+            return list(self.clips)
+        items = []
+        for r in self.clips:
+            s = self.shards[t.shard[r]]
+            w = s.windows
+            idx = np.flatnonzero(w["clip"] == t.index[r])
+            if self.drop_no_video:
+                idx = idx[w["video_ok"][idx].astype(bool)]
+            items += [(int(r), int(i)) for i in idx]
+        return items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The class index of every item (window or clip)."""
+        rows = [it[0] for it in self.items] if self.mode == "window" else self.items
+        return np.array([self._label(r) for r in rows], dtype=np.int64)
+
+    def _label(self, r: int) -> int:
+        return -1 if self.continuous else self.label_map[self.table.label[r]]
+
+    # -- reading -------------------------------------------------------------------------------
+    def _pca(self, s: Shard, i: int) -> np.ndarray:
+        if self.pca_basis is None:
+            return s.window_pca(i)
+        from features.landmarks import pca_whiten
+
+        idx = s.windows["video_frames"][i]
+        if idx[0] < 0:
+            return np.zeros((len(idx), len(self.pca_basis["components"])), np.float32)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        shapes = s.video(int(s.windows["clip"][i]), "shape49", rows=uniq)[inv]
+        return pca_whiten(shapes, **{k: self.pca_basis[k] for k in ("mean", "components", "explained_variance")})
+
+    def _window(self, s: Shard, i: int, logmel=None) -> dict:
+        """One window's features, channels first, float32; visual zeros where the video is unusable."""
+        out = {}
+        ok = bool(s.windows["video_ok"][i])
+        for name in self.features:
+            if name == "logmel":
+                x = s.window(i) if logmel is None else logmel
+                out[name] = np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, n_mels, n_frames)
+            elif name in ("crop", "crop_small"):
+                v = s.window_video(i, small=name == "crop_small")        # (16, H, W, 3) uint8
+                out[name] = v.transpose(3, 0, 1, 2).astype(np.float32) / 255.0
+            elif name == "pca":
+                x = self._pca(s, i)
+                if not np.all(np.isfinite(x)):
+                    ok, x = False, np.zeros_like(x)
+                out[name] = x.astype(np.float32)
+            elif name == "vggish_window":
+                out[name] = np.asarray(s.window_vggish(i), np.float32)
+            elif name in ("descriptor", "vggface"):
+                out[name] = np.asarray(s.window_face_embedding(i, name), np.float32)
+        for name in self.features:
+            if name in VISUAL and not ok:
+                out[name] = np.zeros_like(out[name])
+            if name in self.norm:
+                mean, std = self.norm[name]
+                out[name] = (out[name] - mean) / std
+        out["video_ok"] = ok
+        return out
+
+    def _clip_level(self, s: Shard, c: int) -> dict:
+        out = {}
+        for name in self.features:
+            if name == "vggish":
+                out[name] = np.asarray(s.vggish(c), np.float32)
+            elif name == "glove":
+                g = s.glove(c)
+                out["glove"], out["glove_length"] = np.asarray(g["vectors"], np.float32), int(g["length"])
+                out["glove_oov"] = np.asarray(g["oov"], bool)
+            elif name == "waveform":
+                out[name] = np.asarray(s.waveform(c), np.float32)
+        return out
+
+    def __getitem__(self, k: int) -> dict:
+        return self.__getitems__([k])[0]
+
+    def __getitems__(self, ks) -> list[dict]:
+        """Many items at once; in window mode the Δ/ΔΔ of a shard's windows are computed together."""
+        t = self.table
+        if self.mode == "window":
+            items = [self.items[k] for k in ks]
+            images = [None] * len(items)
+            if "logmel" in self.features:
+                by_shard = {}
+                for j, (r, i) in enumerate(items):
+                    by_shard.setdefault(int(t.shard[r]), []).append(j)
+                for sh, js in by_shard.items():
+                    batch = self.shards[sh].window_batch([items[j][1] for j in js])
+                    for j, x in zip(js, batch):
+                        images[j] = x
+            out = []
+            for (r, i), img in zip(items, images):
+                d = self._window(self.shards[t.shard[r]], i, img)
+                d.update(self._targets(r))
+                out.append(d)
+            return out
+        out = []
+        for k in ks:
+            r = self.items[k]
+            s = self.shards[t.shard[r]]
+            w = s.windows
+            idx = np.flatnonzero(w["clip"] == t.index[r])
+            per = [self._window(s, int(i)) for i in idx] if any(FEATURES[f][0] == "window" for f in self.features) else []
+            d = {name: np.stack([p[name] for p in per]) for name in self.features if FEATURES[name][0] == "window"}
+            d["video_ok"] = np.array([p["video_ok"] for p in per], bool) if per else np.ones(len(idx), bool)
+            d["unit"] = w["unit"][idx].astype(np.int64)
+            d.update(self._clip_level(s, int(t.index[r])))
+            d.update(self._targets(r))
+            out.append(d)
+        return out
+
+    def _targets(self, r: int) -> dict:
+        d = {"label": self._label(r), "clip": int(r)}
+        if self.continuous or np.isfinite(self.table.valence[r]):
+            d["valence"], d["arousal"] = float(self.table.valence[r]), float(self.table.arousal[r])
+        return d
+
+
+def _pad(arrays, length=None):
+    """Stack arrays of shape (T_i, ...) into (B, T, ...) zero-padded; returns (stacked, mask)."""
+    T = max(len(a) for a in arrays) if length is None else length
+    out = np.zeros((len(arrays), T, *arrays[0].shape[1:]), arrays[0].dtype)
+    mask = np.zeros((len(arrays), T), bool)
+    for b, a in enumerate(arrays):
+        out[b, :len(a)] = a
+        mask[b, :len(a)] = True
+    return out, mask
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack items into tensors; clip mode pads the time axes and returns the masks (CONTRACT.md)."""
+    import torch
+
+    batch = {}
+    clip_mode = "unit" in items[0]
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if key in ("label", "clip", "glove_length"):
+            batch[key] = torch.as_tensor(np.asarray(values, np.int64))
+        elif key in ("valence", "arousal"):
+            batch[key] = torch.as_tensor(np.asarray(values, np.float32))
+        elif key == "video_ok" and not clip_mode:
+            batch[key] = torch.as_tensor(np.asarray(values, bool))
+        elif key in ("vggish", "waveform"):
+            x, m = _pad(values)
+            batch[key] = torch.from_numpy(x)
+            if key == "vggish":
+                batch["vggish_mask"] = torch.from_numpy(m)
+            else:
+                batch["waveform_length"] = torch.as_tensor([len(v) for v in values])
+        elif key in ("glove", "glove_oov"):
+            batch[key] = torch.from_numpy(np.stack(values))
+        elif clip_mode:  # per-window features, unit, video_ok: pad the time axis
+            x, m = _pad(values)
+            if key == "unit":
+                x[~m] = -1
+            batch[key] = torch.from_numpy(x)
+            batch["mask"] = torch.from_numpy(m)
+        else:
+            batch[key] = torch.from_numpy(np.stack(values))
+    return batch
+
+
+def loader(dataset: ShardDataset, *, batch_size: int, shuffle: bool = False, num_workers: int = 0,
+           seed: int = 0, device: str = "cpu"):
+    """A DataLoader with :func:`collate`, pinned memory when ``device`` is cuda, seeded shuffling."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=collate, pin_memory=str(device).startswith("cuda"), generator=g,
+                      persistent_workers=num_workers > 0)
+
+
+def fit_norm(dataset: ShardDataset, *, features=("logmel", "pca", "vggish_window", "descriptor", "vggface",
+                                                   "vggish"), max_items: int = 2000, seed: int = 0) -> dict:
+    """Per-feature mean and std over (a seeded sample of) ``dataset``'s items: call it on the
+    training part only. ``logmel`` gets one value per (channel, mel band), vectors one per
+    dimension; images (crops) and text are left as they are. Windows without video are left out
+    of the visual statistics."""
+    rng = np.random.default_rng(seed)
+    ks = np.arange(len(dataset))
+    if len(ks) > max_items:
+        ks = np.sort(rng.choice(ks, max_items, replace=False))
+    items = dataset.__getitems__(list(ks))
+    stats = {}
+    for name in dataset.features:
+        if name not in features or name not in items[0]:
+            continue
+        if dataset.mode == "clip" and FEATURES[name][0] == "window":
+            x = np.concatenate([it[name][it["video_ok"]] if name in VISUAL else it[name] for it in items])
+        elif name in VISUAL:
+            x = np.stack([it[name] for it in items if it["video_ok"]] or [items[0][name]])
+        else:
+            x = np.concatenate([it[name] for it in items]) if name == "vggish" else np.stack([it[name] for it in items])
+        if name == "logmel":   # x: (n, 3, n_mels, n_frames): statistics per channel and band
+            axes = (0, 3)
+        else:                  # (n, ..., dim): per dimension
+            axes = tuple(range(x.ndim - 1))
+        mean = x.mean(axis=axes, keepdims=True)[0]
+        std = x.std(axis=axes, keepdims=True)[0]
+        stats[name] = (mean.astype(np.float32), np.maximum(std, 1e-5).astype(np.float32))
+    return stats

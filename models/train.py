@@ -1,0 +1,370 @@
+"""Train and evaluate a model on a dataset's shards under a protocol (nanoGPT's train.py role).
+
+    python -m models.train --model avef --dataset demo --protocol loso [--fold 0] [--epochs 30]
+        [--store store] [--out runs] [--set net_epochs=5 --set small_crops=true]
+
+Per fold: training, validation (early stopping) and test parts from ``models.protocols``;
+normalisation statistics and the landmark PCA fitted on the training part only; the model's
+hooks (``pretrain``, ``on_epoch_start``, ``configure_optimizer``, ``clip_classifier``,
+module-level ``label_map``/``features``) when it defines them; GPU with bf16 autocast when
+present. Writes ``<out>/<model>/<dataset>/<protocol>/<fold>/{checkpoint.pt, results.json,
+confusion.png, curves.png, attention-*.png}`` and, across the folds there,
+``summary.json`` + ``table.md`` (mean ± std). Window-mode models are scored per clip: the
+clip's windows are pooled (the model's ``clip_classifier`` on the averaged ``embedding``, AVEF
+§2.2.4, else the averaged softmax).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import glob
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+import models
+from models import metrics, plots
+from models.data import ShardDataset, clip_table, find_shards, fit_norm, loader
+from models.protocols import dataset_protocol, fit_pca_basis, make_folds
+
+logger = logging.getLogger("models.train")
+
+
+# -- model construction and checkpoints ------------------------------------------------------------
+def _coerce(value, default):
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def make_config(module, overrides: dict | None = None):
+    cfg = module.CONFIG()
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            raise ValueError(f"{module.__name__}: config has no field {key!r}; fields: {', '.join(sorted(names))}")
+        setattr(cfg, key, _coerce(value, getattr(cfg, key)))
+    return cfg
+
+
+def classes_of(module, cfg, label_set) -> tuple[list, dict]:
+    """The model's classes and {corpus label: class index} (the module's ``label_map`` when it has one)."""
+    if list(label_set) == ["continuous"]:
+        return [], {}
+    if hasattr(module, "label_map"):
+        return module.label_map(cfg, list(label_set))
+    return list(label_set), {l: i for i, l in enumerate(label_set)}
+
+
+def features_of(module, cfg) -> tuple:
+    return tuple(module.features(cfg)) if hasattr(module, "features") else tuple(module.FEATURES)
+
+
+def save_checkpoint(path, *, name: str, model, cfg, extra: dict) -> None:
+    """Plain dicts, lists, numbers, strings and tensors only (loadable with ``weights_only=True``)."""
+    ckpt = {"model": name, "module": models.MODELS[name], "config": dataclasses.asdict(cfg),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    tmp = f"{path}.tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, *, map_location="cpu"):
+    """(model, checkpoint dict): the model rebuilt from the file alone (its config and weights)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    module = models.load(ckpt["model"])
+    model = module.MODEL(make_config(module, ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model, ckpt
+
+
+def _np(d):
+    """Arrays -> tensors for a checkpoint (normalisation, PCA basis)."""
+    if d is None:
+        return None
+    return {k: [torch.as_tensor(np.asarray(a)) for a in v] if isinstance(v, (tuple, list))
+            else torch.as_tensor(np.asarray(v)) for k, v in d.items() if k != "fit_clips"}
+
+
+def init_from(model, path) -> list[str]:
+    """Transfer learning (AVEF §2.2): copy the layers of checkpoint ``path`` whose shapes match."""
+    src = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    own = model.state_dict()
+    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape]
+    model.load_state_dict({**own, **{k: src[k] for k in copied}})
+    return copied
+
+
+# -- loops -------------------------------------------------------------------------------------------
+def _to(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _autocast(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+
+
+def _hook(model, module, name):
+    return getattr(model, name, None) or getattr(module, name, None)
+
+
+def train_epoch(model, module, dl, opt, device) -> float:
+    model.train()
+    loss_fn = _hook(model, module, "loss")
+    total, n = 0.0, 0
+    for batch in dl:
+        batch = _to(batch, device)
+        with _autocast(device):
+            out = model(batch)
+        loss = loss_fn(out, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, n = total + float(loss.detach()) * len(batch["label"]), n + len(batch["label"])
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def predict(model, module, dl, device) -> dict:
+    """Outputs over a loader: clip, label, logits/pred, embedding, targets, loss; the first
+    batch's attention maps."""
+    model.eval()
+    loss_fn = _hook(model, module, "loss")
+    keep = {"clip": [], "label": [], "logits": [], "pred": [], "embedding": [], "valence": [], "arousal": []}
+    total, n, attention = 0.0, 0, None
+    for batch in dl:
+        batch = _to(batch, device)
+        with _autocast(device):
+            out = model(batch)
+        loss = loss_fn(out, batch)
+        total, n = total + float(loss.detach()) * len(batch["label"]), n + len(batch["label"])
+        for k in keep:
+            src = out if k in ("logits", "pred", "embedding") else batch
+            if k in src:
+                keep[k].append(src[k].float().cpu().numpy())
+        if attention is None and "attention" in out:
+            attention = {k: v[0].float().cpu() for k, v in out["attention"].items()}
+    res = {k: np.concatenate(v) for k, v in keep.items() if v}
+    res["loss"], res["attention"] = total / max(n, 1), attention
+    return res
+
+
+def pool(clips: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of ``values`` over the rows of each clip (AVEF §2.2.4 average pooling)."""
+    uniq, inv = np.unique(clips, return_inverse=True)
+    out = np.zeros((len(uniq), *values.shape[1:]))
+    np.add.at(out, inv, values)
+    return uniq, out / np.bincount(inv)[:, None]
+
+
+def score(p: dict, *, n_classes: int, clf=None) -> dict:
+    """Clip-level metrics of ``predict`` output (window outputs are pooled per clip)."""
+    clips, labels = p["clip"], p["label"]
+    uniq, first = np.unique(clips, return_index=True)
+    y = labels[first]
+    res = {}
+    if "logits" in p:
+        if clf is not None:
+            _, emb = pool(clips, p["embedding"])
+            yhat = clf.predict(emb)
+        else:
+            z = p["logits"] - p["logits"].max(1, keepdims=True)
+            prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+            _, mean = pool(clips, prob)
+            yhat = mean.argmax(1)
+        res.update(metrics.classification(y, yhat, n_classes=n_classes))
+        if len(uniq) != len(clips):
+            res["window"] = {k: v for k, v in metrics.classification(labels, p["logits"].argmax(1),
+                                                                     n_classes=n_classes).items() if k != "confusion"}
+    if "pred" in p:
+        _, pred = pool(clips, p["pred"])
+        for j, k in enumerate(("valence", "arousal")):
+            if k in p and j < pred.shape[1]:
+                _, target = pool(clips, p[k][:, None])
+                res[f"CCC_{k}"] = metrics.ccc(pred[:, j], target[:, 0])
+        res["n"] = len(uniq)
+    return res
+
+
+def _val_metric(res: dict) -> float:
+    if "UA" in res:
+        return res["UA"]
+    cccs = [v for k, v in res.items() if k.startswith("CCC")]
+    return float(np.mean(cccs)) if cccs else 0.0
+
+
+# -- one fold ----------------------------------------------------------------------------------------
+def train_fold(args, table, fold, out_dir) -> dict:
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    device = args.device
+    module = models.load(args.model)
+    overrides = dict(args.set)
+    cfg = make_config(module, overrides)
+    classes, label_map = classes_of(module, cfg, table.manifest.get("label_set", sorted(set(table.label))))
+    if classes and hasattr(cfg, "n_classes") and "n_classes" not in overrides:
+        cfg.n_classes = len(classes)
+    feats = features_of(module, cfg)
+    kw = dict(features=feats, mode=module.MODE, label_map=label_map or None)
+    pca_basis = fit_pca_basis(table, fold.train) if "pca" in feats and args.refit_pca else None
+    train_ds = ShardDataset(table, fold.train, pca_basis=pca_basis, **kw)
+    norm = fit_norm(train_ds, seed=args.seed)      # training part only
+    parts = {"train": train_ds, "val": ShardDataset(table, fold.val, pca_basis=pca_basis, norm=norm, **kw),
+             "test": ShardDataset(table, fold.test, pca_basis=pca_basis, norm=norm, **kw)}
+    train_ds.norm = norm
+    for name, ds in parts.items():
+        if not len(ds):
+            raise ValueError(f"fold {fold.name}: the {name} part has no item with features {feats}")
+    bs = args.batch_size or getattr(cfg, "batch_size", 16)
+    dl = {name: loader(ds, batch_size=bs, shuffle=name == "train", num_workers=args.num_workers,
+                       seed=args.seed, device=device) for name, ds in parts.items()}
+    dl_train_eval = loader(train_ds, batch_size=bs, num_workers=args.num_workers, device=device)
+
+    model = module.MODEL(cfg).to(device)
+    if args.init:
+        logger.info("initialised %d tensors from %s", len(init_from(model, args.init)), args.init)
+    log = {}
+    pretrain = getattr(model, "pretrain", None)
+    if pretrain:
+        pbs = getattr(cfg, "net_batch_size", bs)
+        log["pretrain"] = pretrain(loader(train_ds, batch_size=pbs, shuffle=True, seed=args.seed,
+                                          num_workers=args.num_workers, device=device), device)
+    opt = model.configure_optimizer() if hasattr(model, "configure_optimizer") else torch.optim.Adam(
+        model.parameters(), lr=getattr(cfg, "lr", 1e-3), weight_decay=getattr(cfg, "weight_decay", 0.0))
+    epochs = args.epochs or getattr(cfg, "epochs", 50)
+    history, best, best_state, bad = [], -np.inf, None, 0
+    for epoch in range(epochs):
+        hook = _hook(model, module, "on_epoch_start")
+        if hook:
+            hook(epoch)
+        train_loss = train_epoch(model, module, dl["train"], opt, device)
+        pv = predict(model, module, dl["val"], device)
+        val = score(pv, n_classes=len(classes))
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": pv["loss"],
+                        "val_metric": _val_metric(val)})
+        logger.info("%s epoch %d: train loss %.4f, validation loss %.4f, metric %.4f", fold.name, epoch,
+                    train_loss, pv["loss"], history[-1]["val_metric"])
+        if history[-1]["val_metric"] > best:
+            best, bad = history[-1]["val_metric"], 0
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_epoch = epoch
+        else:
+            bad += 1
+            if bad >= args.patience:
+                break
+    model.load_state_dict(best_state)
+
+    clf, extra = None, {}
+    if hasattr(model, "clip_classifier") and classes and module.MODE == "window":
+        ptr = predict(model, module, dl_train_eval, device)
+        clips, X = pool(ptr["clip"], ptr["embedding"])
+        y = ptr["label"][np.unique(ptr["clip"], return_index=True)[1]]
+        clf = model.clip_classifier().fit(X, y)
+        extra["clip_train"] = {"X": torch.as_tensor(X, dtype=torch.float32), "y": torch.as_tensor(y)}
+    pt = predict(model, module, dl["test"], device)
+    test = score(pt, n_classes=len(classes), clf=clf)
+    os.makedirs(out_dir, exist_ok=True)
+    save_checkpoint(os.path.join(out_dir, "checkpoint.pt"), name=args.model, model=model, cfg=cfg,
+                    extra={"classes": classes, "label_map": label_map, "features": list(feats), "mode": module.MODE,
+                           "norm": _np(norm), "pca_basis": _np(pca_basis), "fold": fold.name, "dataset": args.dataset,
+                           **extra})
+    pics = [plots.curves_png(history, os.path.join(out_dir, "curves.png"), title=f"{args.model} {fold.name}")]
+    if "confusion" in test:
+        pics.append(plots.confusion_png(test["confusion"], classes, os.path.join(out_dir, "confusion.png"),
+                                        title=f"{args.model} {args.dataset} {fold.name}"))
+    for name, w in (pt["attention"] or {}).items():
+        pics.append(plots.attention_png(w, os.path.join(out_dir, f"attention-{name}.png"), title=name))
+    result = {"model": args.model, "dataset": args.dataset, "protocol": args.protocol_spec, "fold": fold.name,
+              "classes": classes, **{k: v for k, v in test.items()},
+              "validation": {"best": best, "best_epoch": best_epoch}, "epochs_run": len(history),
+              "history": history, "pretrain": log.get("pretrain"),
+              "speakers": {p: sorted(fold.speakers(table, p)) for p in ("train", "val", "test")},
+              "items": {p: len(ds) for p, ds in parts.items()}, "device": str(device),
+              "seconds": time.time() - t0, "config": dataclasses.asdict(cfg), "pictures": pics}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    return result
+
+
+def write_summary(proto_dir: str, title: str) -> dict:
+    """``summary.json`` and ``table.md`` over every fold's results.json under ``proto_dir``."""
+    results = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(proto_dir, "*", "results.json")))]
+    summary = metrics.summarize(results)
+    with open(os.path.join(proto_dir, "summary.json"), "w") as f:
+        json.dump({"folds": [r["fold"] for r in results], "summary": summary}, f, indent=1)
+    with open(os.path.join(proto_dir, "table.md"), "w") as f:
+        f.write(metrics.table(summary, title=title) + "\n")
+    return summary
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, choices=list(models.MODELS))
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--protocol", default=None, help="loso | logso | kfold | fixed (default: the manifest's)")
+    p.add_argument("--groups", type=int, help="LOGSO speaker groups")
+    p.add_argument("--folds", type=int, help="k-fold folds")
+    p.add_argument("--fold", type=int, action="append", help="run only this fold (repeatable); default all")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: the config's)")
+    p.add_argument("--patience", type=int, default=10, help="early stopping: epochs without a better validation metric")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--store", default="store")
+    p.add_argument("--build", help="build record digest (default: the newest)")
+    p.add_argument("--out", default="runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-refit-pca", dest="refit_pca", action="store_false",
+                   help="use the shards' landmark PCA instead of refitting it on the training part")
+    p.add_argument("--init", help="checkpoint to initialise matching layers from (transfer learning)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="config field override, VALUE as JSON (e.g. --set small_crops=true)")
+    args = p.parse_args(argv)
+    sets = []
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            sets.append((key, json.loads(value)))
+        except ValueError:
+            sets.append((key, value))
+    args.set = sets
+    return args
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = clip_table(find_shards(args.store, args.dataset, build=args.build))
+    protocol = dataset_protocol(table, args.protocol)
+    if args.groups:
+        protocol["groups"] = args.groups
+    if args.folds:
+        protocol["folds"] = args.folds
+    args.protocol_spec = protocol
+    folds = make_folds(table, protocol, seed=args.seed, val_fraction=args.val_fraction)
+    chosen = args.fold if args.fold is not None else range(len(folds))
+    proto_dir = os.path.join(args.out, args.model, args.dataset, protocol["name"])
+    results = []
+    for k in chosen:
+        if not 0 <= k < len(folds):
+            raise SystemExit(f"--fold {k}: protocol {protocol['name']} has folds 0..{len(folds) - 1}")
+        r = train_fold(args, table, folds[k], os.path.join(proto_dir, folds[k].name))
+        logger.info("%s: %s", folds[k].name, {m: r[m] for m in ("WA", "UA", "F1") if m in r})
+        results.append(r)
+    summary = write_summary(proto_dir, f"{args.model} on {args.dataset}, {protocol['name']}")
+    print(metrics.table(summary, title=f"{args.model} on {args.dataset}, {protocol['name']}"))
+    return {"folds": results, "summary": summary}
+
+
+if __name__ == "__main__":
+    main()
