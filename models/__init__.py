@@ -2,7 +2,12 @@
 
 ``MODELS`` maps a model name to its module (imported lazily by :func:`load`); a module defines
 ``CONFIG`` (a dataclass with the paper's defaults), ``MODEL`` (the nn.Module), ``MODE``
-("window" or "clip") and ``FEATURES`` (CONTRACT.md).
+("window" or "clip") and ``FEATURES`` (the feature names it reads, ``models.data.FEATURES``).
+The module's ``forward(batch) -> dict`` returns ``logits`` (B, C) (or ``pred`` (B, k) for
+regression) and optionally ``attention`` {name: tensor} (plotted by ``models.plots``);
+``loss(out, batch)`` gives the training loss. Optional hooks the trainer calls when present:
+``pretrain(loader, device)`` (AVEF's greedy RBMs, ACLSTM's separately trained NTN),
+``on_epoch_start(epoch)`` (DLSTM's attention bypass), ``configure_optimizer()``.
 """
 import importlib
 

@@ -1,12 +1,18 @@
 """``ShardDataset``: batches for the trainers, read from the shards only (``features.store.Shard``).
 
-Two modes (CONTRACT.md, "Batches"):
+Two modes; batch keys (torch conventions: channels first, float32):
 
 - ``"window"``: one item is one 655 ms window (AVEF §2.2: every audio/visual segment carries its
-  clip's label). ``logmel`` (3, 64, 64), ``crop`` (3, 16, 173, 173) in [0, 1], ``pca`` (16, 20), …
+  clip's label): ``logmel`` (B, 3, 64, 64); ``crop`` / ``crop_small`` (B, 3, 16, H, W) in [0, 1];
+  ``pca`` (B, 16, 20); ``vggish_window`` (B, 128); ``descriptor`` / ``vggface`` (B, 16, D);
+  ``label`` (B,) long; ``clip`` (B,) long; ``video_ok`` (B,) bool.
 - ``"clip"``: one item is one clip; each per-window feature gets a time axis T (the clip's windows),
-  padded by :func:`collate` with ``mask`` (B, T) True on real windows and ``unit`` (B, T) the
-  prosodic unit of each window (-1 on padding).
+  e.g. ``logmel`` (B, T, 3, 64, 64), ``pca`` (B, T, 16, 20), padded by :func:`collate` with
+  ``mask`` (B, T) True on real windows and ``unit`` (B, T) the prosodic unit of each window (-1 on
+  padding; segment models average the windows of a unit). Clip-level sequences: ``vggish``
+  (B, T2, 128) + ``vggish_mask``; ``glove`` (B, 100, 300) + ``glove_length`` (B,) + ``glove_oov``
+  (B, 100); ``waveform`` (B, N) + ``waveform_length`` (B,); ``label`` (B,); ``valence``,
+  ``arousal`` (B,) float when the corpus has them.
 
 Masks are honoured: clips whose ``status`` is not ``ok`` are never items; a window whose video is
 unusable (``windows/video_ok`` = 0, or a NaN PCA row) gets ``video_ok`` False, its visual features
@@ -340,7 +346,7 @@ def _pad(arrays, length=None):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack items into tensors; clip mode pads the time axes and returns the masks (CONTRACT.md)."""
+    """Stack items into tensors; clip mode pads the time axes and returns the masks (see the module docstring)."""
     import torch
 
     batch = {}
