@@ -103,8 +103,7 @@ def catalog(store: str, dataset: str | None = None) -> dict:
                          "windows": rec.get("windows"), "bytes": sum(f["bytes"] for f in files.values()),
                          "shards": [{"path": rel, **meta, "present": os.path.isfile(os.path.join(store, rel))}
                                     for rel, meta in sorted(files.items())],
-                         "error": rec.get("error"),
-                         "sha256_recorded": bool(files) or "shards" not in rec})
+                         "error": rec.get("error")})
         sets.sort(key=lambda s: s.get("created") or "")
         out[ds] = {"feature_sets": sets,
                    "unrecorded_shards": [p for p in shard_files(store, ds) if p not in recorded]}
@@ -160,6 +159,37 @@ def config_diff(a: dict, b: dict) -> list[tuple[str, object, object]]:
                **flatten(r.get("stages", {}), "digest.")} for r in (a, b))
     return [(k, fa.get(k, "<missing>"), fb.get(k, "<missing>")) for k in sorted(set(fa) | set(fb))
             if fa.get(k, "<missing>") != fb.get(k, "<missing>")]
+
+
+VOLATILE_ATTRS = ("created", "builder")  # when and by whom: the only attributes two builds may differ in
+
+
+def same_data(a: str, b: str, ignore_attrs=VOLATILE_ATTRS) -> list[str]:
+    """The differences between two HDF5 files (datasets: names, dtypes, values; attributes of
+    every object except ``ignore_attrs``); [] when they hold the same data."""
+    import h5py
+    import numpy as np
+
+    diffs = []
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        def visit(name, ga, gb):
+            keys_a = {k for k in ga.attrs if k not in ignore_attrs}
+            keys_b = {k for k in gb.attrs if k not in ignore_attrs}
+            diffs.extend(f"{name}: attribute {k} only in one file" for k in sorted(keys_a ^ keys_b))
+            diffs.extend(f"{name}: attribute {k} differs" for k in sorted(keys_a & keys_b)
+                         if not np.array_equal(ga.attrs[k], gb.attrs[k]))
+            if isinstance(ga, h5py.Dataset):
+                if ga.dtype != gb.dtype or ga.shape != gb.shape or not np.array_equal(ga[()], gb[()], equal_nan=ga.dtype.kind == "f"):
+                    diffs.append(f"{name}: data differs")
+                return
+            diffs.extend(f"{name}/{k}: only in one file" for k in sorted(set(ga) ^ set(gb)))
+            for k in sorted(set(ga) & set(gb)):
+                if isinstance(ga[k], h5py.Dataset) != isinstance(gb[k], h5py.Dataset):
+                    diffs.append(f"{name}/{k}: a group in one file, a dataset in the other")
+                else:
+                    visit(f"{name.rstrip('/')}/{k}", ga[k], gb[k])
+        visit("/", fa, fb)
+    return diffs
 
 
 # -- the command ------------------------------------------------------------------------------------
