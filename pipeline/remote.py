@@ -74,6 +74,7 @@ class Remote:
         if parts.scheme in ("s3", "s3a") and endpoint:
             storage_options.setdefault("endpoint_url", endpoint)
         self.url = url
+        storage_options.setdefault("skip_instance_cache", True)  # endpoints / credentials may change
         self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
@@ -156,8 +157,13 @@ class Remote:
                 os.remove(tmp)
 
 
-@functools.lru_cache(maxsize=4)
 def open_remote(url: str) -> Remote:
+    """One ``Remote`` per URL and endpoint in a process (the build checks every shard)."""
+    return _open_remote(url, remote().endpoint_url, os.environ.get("AWS_ENDPOINT_URL", ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _open_remote(url: str, *endpoints) -> Remote:
     return Remote(url)
 
 
