@@ -24,7 +24,7 @@ RUNNER = ("import os, sys, luigi, pipeline\n"
           "@luigi.Task.event_handler(luigi.Event.START)\n"
           "def _started(task):\n"
           "    if log:\n"
-          "        with open(log, 'a') as f: f.write(f'{os.getpid()} {task.task_id}\\n')\n"
+          "        with open(log, 'a') as f: f.write(f'{os.getpid()} {task.task_family} {task.task_id}\\n')\n"
           "sys.exit(0 if luigi.run(sys.argv[2:]) else 1)\n")
 
 
@@ -35,7 +35,7 @@ def luigi_argv(manifest, store, *extra):
 
 def run_luigi(manifest, store, *extra, log=None, timeout=300):
     """BuildShards in a subprocess (``luigi --module pipeline``); with ``log``, every task that
-    starts is appended to that file as "<pid> <task id>"."""
+    starts is appended to that file as "<pid> <family> <task id>"."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-c", RUNNER, str(log or ""), *luigi_argv(manifest, store, *extra)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
