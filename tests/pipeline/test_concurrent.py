@@ -135,3 +135,19 @@ def test_workflows_cfg_resources_keep_gpu_tasks_one_at_a_time(tmp_path):
     assert luigi.build([GpuProbes(log=log)], workers=4, local_scheduler=True)
     spans = sorted(tuple(map(float, open(f"{log}.{k}").read().split())) for k in range(4))
     assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), spans
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_attempt(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    folder = tmp_path / "d"
+    folder.mkdir()
+    stale = folder / f".shard-0000.h5.tmp-{host}-{dead.pid}-0badf00d"
+    alive = folder / f".shard-0000.h5.tmp-{host}-{os.getpid()}-0badf00d"  # a writer still at work
+    other = folder / ".shard-0000.h5.tmp-otherhost-1-0badf00d"  # another machine's: not ours to judge
+    for p in (stale, alive, other):
+        p.write_bytes(b"half")
+    with atomic_path(str(folder / "shard-0000.h5")) as tmp:
+        open(tmp, "w").write("whole")
+    assert sorted(os.listdir(folder)) == sorted([alive.name, other.name, "shard-0000.h5"])
