@@ -17,6 +17,7 @@ if not os.environ.get("LUIGI_CONFIG_PATH") and os.path.isfile(WORKFLOWS_CFG):
 
 from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment  # noqa: E402
 from pipeline.base import paths  # noqa: E402
+import pipeline.remote  # noqa: E402,F401  (registers [remote] url, also --remote-url)
 from pipeline.shards import BuildShards, Shard  # noqa: E402
 
 __all__ = ["BuildShards", "Decode", "LogMel", "Prosody", "Segment", "Shard", "VAD", "paths"]

@@ -16,7 +16,10 @@ import logging
 import math
 import os
 import platform
+import secrets
+import socket
 import zlib
+from contextlib import contextmanager
 from importlib import metadata
 
 import luigi
@@ -71,6 +74,87 @@ def _warm_up() -> None:
     warm_up()
 
 
+# -- atomic, no-clobber writes (issue 6: concurrent builds, SIGKILL) -------------------------------
+TMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<host>-<pid>-<random>": hidden, never *.h5
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Remove the temporary files of ``path`` left by dead processes of this host (a build killed
+    with SIGKILL leaves its temporary file behind; the rerun of the same task removes it)."""
+    folder, name = os.path.split(path)
+    prefix, host, removed = f".{name}{TMP_MARK}", socket.gethostname(), []
+    try:
+        entries = os.listdir(folder or ".")
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        owner = entry[len(prefix):].rsplit("-", 2)  # host (may hold '-'), pid, random
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _pid_alive(int(owner[1])):
+            try:
+                os.remove(os.path.join(folder, entry))
+                removed.append(entry)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def temp_name(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def publish(tmp: str, path: str) -> bool:
+    """Give the finished file ``tmp`` the name ``path`` atomically, keeping a file already there
+    (a concurrent build's identical output: its bytes, and the sha256 recorded for it, stay).
+    Returns False when ``path`` existed (``tmp`` is then removed)."""
+    try:
+        os.link(tmp, path)  # atomic and fails when path exists
+    except FileExistsError:
+        os.remove(tmp)
+        return False
+    except OSError:  # a file system without hard links: rename (atomic, last writer wins)
+        os.replace(tmp, path)
+        return True
+    os.remove(tmp)
+    return True
+
+
+@contextmanager
+def atomic_path(path: str):
+    """``with atomic_path(p) as tmp: write(tmp)``: readers see ``p`` whole or not at all; a
+    failure or a kill leaves only a hidden temporary file, removed by the next attempt."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    remove_stale_temps(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        publish(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class StoreTarget(luigi.LocalTarget):
+    """A LocalTarget whose ``temporary_path`` is ``atomic_path``: luigi's own raises
+    ``FileAlreadyExists`` when a concurrent build finished the same file first and leaves a
+    visible ``<name>-luigi-tmp-NNNN`` behind on failure."""
+
+    def temporary_path(self):
+        return atomic_path(self.path)
+
+
 class paths(luigi.Config):
     """``[paths]`` in workflows.cfg: where the manifest is and where outputs go."""
     manifest = luigi.Parameter(default="data_manifest.yaml")
@@ -89,10 +173,20 @@ class BatchTask(luigi.Task):
     manifest = luigi.Parameter(config_path={"section": "paths", "name": "manifest"})
     store = luigi.Parameter(config_path={"section": "paths", "name": "store"})
 
+    PULL = False  # look for the output in the [remote] before computing it (Shard sets True)
+
     def complete(self) -> bool:
         """Luigi asks this while scheduling, in the parent process: the first stage found
-        missing warms the libraries up there, before any worker forks."""
+        missing warms the libraries up there, before any worker forks.
+
+        A stage with ``PULL`` whose output is in the configured ``[remote]`` downloads it here
+        (verified, atomically): complete() is True and Luigi never schedules its upstream stages.
+        """
         done = super().complete()
+        if not done and self.PULL:
+            from pipeline import remote
+
+            done = remote.pull_output(self)
         if not done:
             _warm_up()
         return done
@@ -127,7 +221,7 @@ class BatchTask(luigi.Task):
         return os.path.join(self.store, self.dataset, self.STAGE, self.chain_digest())
 
     def output(self):
-        return luigi.LocalTarget(os.path.join(self.stage_dir(), f"batch-{self.batch:04d}.h5"))
+        return StoreTarget(os.path.join(self.stage_dir(), f"batch-{self.batch:04d}.h5"))
 
     def provenance(self) -> dict:
         """Root attributes of this output (JSON-able)."""
@@ -142,12 +236,9 @@ class BatchTask(luigi.Task):
         """``stage.json`` beside the outputs: why files with this digest exist."""
         path = os.path.join(self.stage_dir(), "stage.json")
         if not os.path.exists(path):
-            os.makedirs(self.stage_dir(), exist_ok=True)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
+            with atomic_path(path) as tmp, open(tmp, "w") as f:
                 json.dump({"stage": self.STAGE, "digest": self.chain_digest(), "chain": self.chain()},
                           f, indent=1, sort_keys=True, default=str)
-            os.replace(tmp, path)
 
     def progress(self, done: int, total: int, what: str) -> None:
         self.set_progress_percentage(int(100 * done / max(total, 1)))
@@ -186,5 +277,5 @@ class BatchTask(luigi.Task):
         from features import store
 
         self.write_stage_json()
-        with self.output().temporary_path() as tmp:
+        with atomic_path(self.output().path) as tmp:
             store.write(tmp, attrs=self.provenance(), groups=groups, compression=compression)

@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import functools
 import glob
+import hashlib
 import os
 import re
 
@@ -37,12 +38,24 @@ class Clip:
     extra: tuple = ()  # sorted (column, value) pairs of the optional columns
 
     def identity(self) -> dict:
-        """What makes this clip's source unique (hashed into the Decode stage)."""
+        """What makes this clip's source unique (hashed into the Decode stage): its content
+        (sha256), not its mtime, so that a teammate's copy of the corpus has the same hash chain
+        and finds the shards built from it in a shared remote (README "Sharing shards")."""
         if self.path is None:
             return {"id": self.id, "file": None}
         st = os.stat(self.path)
         return {"id": self.id, "file": os.path.basename(self.path), "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns}
+                "sha256": file_sha256(self.path, st.st_size, st.st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=100_000)
+def file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, computed once per process for a given (path, size, mtime)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: one object per loaded manifest
@@ -73,6 +86,12 @@ class Dataset:
 
     def list_clips(self) -> list[Clip]:
         return list(_list_clips(self))
+
+
+def inside(path: str, root: str) -> bool:
+    """Whether ``path`` (symbolic links resolved) lies inside the folder ``root``."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([real, base]) == base
 
 
 def _fail(manifest, name, field, rule, got) -> None:
@@ -158,9 +177,15 @@ def _list_clips_cached(ds: Dataset, labels_mtime: int, root: str) -> tuple[Clip,
     files = {}
     for p in glob.glob(os.path.join(root, ds.clips), recursive=True):
         if os.path.isfile(p):
+            if not inside(p, root):  # a symbolic link out of the corpus
+                raise ManifestError(f"{ds.manifest}: dataset {ds.name!r}: field 'clips': {p} leads to "
+                                    f"{os.path.realpath(p)}, outside the root {root}; copy the file "
+                                    f"into the root or make the root a folder that holds it")
             files.setdefault(os.path.splitext(os.path.basename(p))[0], os.path.abspath(p))
     labels_path = os.path.join(root, ds.labels)
     where = f"{ds.manifest}: dataset {ds.name!r}: field 'labels' ({labels_path})"
+    if not inside(labels_path, root):
+        raise ManifestError(f"{where}: leads to {os.path.realpath(labels_path)}, outside the root {root}")
     with open(labels_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]

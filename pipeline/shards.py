@@ -10,7 +10,8 @@ import numpy as np
 
 from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment, clip_table, read_input
 from pipeline.video import Align, Faces, LandmarkPCA
-from pipeline.base import BatchTask, digest, logger, n_batches, paths
+from pipeline.base import BatchTask, StoreTarget, digest, logger, n_batches, paths
+from pipeline.catalog import build_facts
 from pipeline.manifest import get_dataset
 
 SHARD_CODE_VERSION = "1"
@@ -21,6 +22,7 @@ class Shard(BatchTask):
 
     STAGE = "shards"
     CODE_VERSION = SHARD_CODE_VERSION
+    PULL = True  # complete() downloads the shard from the [remote] when it is there (pipeline/remote.py)
     video = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                 description="build the visual chain too (false: audio-only shards)")
 
@@ -38,7 +40,7 @@ class Shard(BatchTask):
         return chain
 
     def output(self):
-        return luigi.LocalTarget(os.path.join(self.stage_dir(), f"shard-{self.batch:04d}.h5"))
+        return StoreTarget(os.path.join(self.stage_dir(), f"shard-{self.batch:04d}.h5"))
 
     def run(self):
         from features import store
@@ -133,10 +135,11 @@ class BuildShards(luigi.Task):
 
     def output(self):
         key = digest(sorted(t.chain_digest() for t in self.requires()))
-        return luigi.LocalTarget(os.path.join(self.store, self.dataset, "builds", f"{key}.json"))
+        return StoreTarget(os.path.join(self.store, self.dataset, "builds", f"{key}.json"))
 
     def run(self):
         summary = summarize([t.output().path for t in self.requires()])
+        summary.update(build_facts(self.store, summary["shards"]))  # sha256 of each shard, config, builder
         with self.output().temporary_path() as tmp, open(tmp, "w") as f:
             json.dump(summary, f, indent=1)
         print(format_summary(self.dataset, summary, self.output().path), flush=True)

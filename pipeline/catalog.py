@@ -1,0 +1,293 @@
+"""The catalog of a store: datasets, feature sets, shards, sha256, and the ``avstore`` command.
+
+A *feature set* is one build of a dataset: the shards that ``BuildShards`` joined under one
+configuration, recorded in ``store/<dataset>/builds/<key>.json`` (``key`` = digest of the shards'
+hash-chain digests, so the same configuration on the same clips gives the same key on every
+machine). ``BuildShards`` writes into that record, besides the summary, what the catalog needs
+(``build_facts``): the sha256 and size of every shard, the configuration of every stage, the
+stage digests and code versions, who built it (``user@host``, from the environment; never a
+credential) and when. ``verify`` recomputes the sha256 of every recorded shard.
+
+::
+
+    avstore catalog [--dataset demo] [--json]      # datasets, feature sets, shards, sizes, clips, builder
+    avstore verify  [--dataset demo]               # exit 1 and the shard's name when a byte changed
+    avstore diff KEY_A KEY_B                       # the configuration difference of two feature sets
+    avstore push --dataset demo [--build KEY] [--remote URL]
+    avstore pull --dataset demo [--build KEY] [--remote URL]
+
+Records are JSON; nothing here (or in ``pipeline.remote``) is ever unpickled.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import glob
+import hashlib
+import json
+import os
+import platform
+import sys
+
+RECORD_FORMAT = 1
+
+
+def sha256_file(path: str, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def builder() -> str:
+    """``user@host`` from the environment (the login name, not a credential)."""
+    return f"{getpass.getuser()}@{platform.node()}"
+
+
+def build_facts(store: str, shard_paths: list[str]) -> dict:
+    """What a build record holds besides the summary: every shard's sha256 and size (keyed by its
+    path relative to the store), the configuration of the first shard (all shards of a build share
+    it), the builder and the time."""
+    from features.store import read_attrs
+
+    files = {}
+    for path in shard_paths:
+        rel = os.path.relpath(path, store).replace(os.sep, "/")
+        files[rel] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+    attrs = read_attrs(shard_paths[0]) if shard_paths else {}
+    return {"record_format": RECORD_FORMAT, "dataset": attrs.get("dataset"), "files": files,
+            "config": attrs.get("config", {}), "stages": attrs.get("stages", {}),
+            "code_versions": {**attrs.get("code_versions", {}),
+                              "shards": attrs.get("chain", {}).get("code_version")},
+            "builder": builder(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+# -- reading the store ------------------------------------------------------------------------------
+def datasets(store: str) -> list[str]:
+    return sorted(d for d in os.listdir(store) if os.path.isdir(os.path.join(store, d, "builds"))
+                  or os.path.isdir(os.path.join(store, d, "shards"))) if os.path.isdir(store) else []
+
+
+def records(store: str, dataset: str) -> dict[str, dict]:
+    """{key: build record} of one dataset (records that are not valid JSON are reported, not read)."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(store, dataset, "builds", "*.json"))):
+        key = os.path.basename(path)[:-5]
+        try:
+            with open(path, encoding="utf-8") as f:
+                out[key] = json.load(f)
+        except (OSError, ValueError) as err:
+            out[key] = {"error": f"unreadable build record {path}: {err}"}
+    return out
+
+
+def shard_files(store: str, dataset: str) -> list[str]:
+    """Every shard of a dataset on disk (relative to the store); temporary files never match."""
+    found = glob.glob(os.path.join(store, dataset, "shards", "*", "shard-*.h5"))
+    return sorted(os.path.relpath(p, store).replace(os.sep, "/") for p in found)
+
+
+def catalog(store: str, dataset: str | None = None) -> dict:
+    """{dataset: {"feature_sets": [...], "unrecorded_shards": [...]}} (JSON-able)."""
+    out = {}
+    for ds in [dataset] if dataset else datasets(store):
+        sets, recorded = [], set()
+        for key, rec in records(store, ds).items():
+            files = rec.get("files", {})
+            recorded.update(files)
+            sets.append({"key": key, "created": rec.get("created"), "builder": rec.get("builder"),
+                         "clips_ok": rec.get("clips_ok"), "clips_failed": rec.get("clips_failed", {}),
+                         "windows": rec.get("windows"), "bytes": sum(f["bytes"] for f in files.values()),
+                         "shards": [{"path": rel, **meta, "present": os.path.isfile(os.path.join(store, rel))}
+                                    for rel, meta in sorted(files.items())],
+                         "error": rec.get("error")})
+        sets.sort(key=lambda s: s.get("created") or "")
+        out[ds] = {"feature_sets": sets,
+                   "unrecorded_shards": [p for p in shard_files(store, ds) if p not in recorded]}
+    return out
+
+
+def verify(store: str, dataset: str | None = None) -> list[tuple[str, str]]:
+    """[(shard, problem)] over every recorded shard: sha256 or size differs, or the file is gone."""
+    problems = []
+    for ds in [dataset] if dataset else datasets(store):
+        for key, rec in records(store, ds).items():
+            if "error" in rec:
+                problems.append((f"{ds}/builds/{key}.json", rec["error"]))
+                continue
+            if "files" not in rec:
+                problems.append((f"{ds}/builds/{key}.json", "no sha256 recorded (built before the "
+                                 "catalog existed): rebuild or delete the record"))
+            for rel, meta in sorted(rec.get("files", {}).items()):
+                path = os.path.join(store, rel)
+                if not os.path.isfile(path):
+                    problems.append((rel, "missing"))
+                elif os.path.getsize(path) != meta["bytes"]:
+                    problems.append((rel, f"size {os.path.getsize(path)} bytes, recorded {meta['bytes']}"))
+                elif (got := sha256_file(path)) != meta["sha256"]:
+                    problems.append((rel, f"sha256 {got} does not match the recorded {meta['sha256']}"))
+    return problems
+
+
+def find_record(store: str, ref: str, dataset: str | None = None) -> tuple[str, str, dict]:
+    """(dataset, key, record) of a feature set named by its key or a unique prefix of it."""
+    hits = [(ds, key, rec) for ds in ([dataset] if dataset else datasets(store))
+            for key, rec in records(store, ds).items() if key.startswith(ref)]
+    if len(hits) != 1:
+        raise SystemExit(f"avstore: {len(hits)} feature sets match {ref!r} in {store} "
+                         f"(see `avstore catalog`; give more digits or --dataset)")
+    return hits[0]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    """[(setting, value in a, value in b)] where two build records differ in configuration,
+    stage digests or code versions (``<missing>`` where one lacks the setting)."""
+    fa, fb = ({**flatten(r.get("config", {}), "config."), **flatten(r.get("code_versions", {}), "code_version."),
+               **flatten(r.get("stages", {}), "digest.")} for r in (a, b))
+    return [(k, fa.get(k, "<missing>"), fb.get(k, "<missing>")) for k in sorted(set(fa) | set(fb))
+            if fa.get(k, "<missing>") != fb.get(k, "<missing>")]
+
+
+VOLATILE_ATTRS = ("created", "builder")  # when and by whom: the only attributes two builds may differ in
+
+
+def same_data(a: str, b: str, ignore_attrs=VOLATILE_ATTRS) -> list[str]:
+    """The differences between two HDF5 files (datasets: names, dtypes, values; attributes of
+    every object except ``ignore_attrs``); [] when they hold the same data."""
+    import h5py
+    import numpy as np
+
+    diffs = []
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        def visit(name, ga, gb):
+            keys_a = {k for k in ga.attrs if k not in ignore_attrs}
+            keys_b = {k for k in gb.attrs if k not in ignore_attrs}
+            diffs.extend(f"{name}: attribute {k} only in one file" for k in sorted(keys_a ^ keys_b))
+            diffs.extend(f"{name}: attribute {k} differs" for k in sorted(keys_a & keys_b)
+                         if not np.array_equal(ga.attrs[k], gb.attrs[k]))
+            if isinstance(ga, h5py.Dataset):
+                if ga.dtype != gb.dtype or ga.shape != gb.shape or not np.array_equal(ga[()], gb[()], equal_nan=ga.dtype.kind == "f"):
+                    diffs.append(f"{name}: data differs")
+                return
+            diffs.extend(f"{name}/{k}: only in one file" for k in sorted(set(ga) ^ set(gb)))
+            for k in sorted(set(ga) & set(gb)):
+                if isinstance(ga[k], h5py.Dataset) != isinstance(gb[k], h5py.Dataset):
+                    diffs.append(f"{name}/{k}: a group in one file, a dataset in the other")
+                else:
+                    visit(f"{name.rstrip('/')}/{k}", ga[k], gb[k])
+        visit("/", fa, fb)
+    return diffs
+
+
+# -- the command ------------------------------------------------------------------------------------
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def format_catalog(cat: dict) -> str:
+    lines = []
+    for ds, entry in cat.items():
+        lines.append(f"{ds}: {len(entry['feature_sets'])} feature set(s)")
+        for s in entry["feature_sets"]:
+            if s["error"]:
+                lines.append(f"  {s['key']}  {s['error']}")
+                continue
+            failed = sum(s["clips_failed"].values())
+            lines.append(f"  {s['key']}  {s['created']}  {s['builder']}  {len(s['shards'])} shards "
+                         f"{_size(s['bytes'])}  {s['clips_ok']} clips ok, {failed} failed, {s['windows']} windows")
+            for k, v in s["clips_failed"].items():
+                lines.append(f"      failed {k}: {v}")
+            for sh in s["shards"]:
+                lines.append(f"    {sh['path']}  {_size(sh['bytes'])}  sha256 {sh['sha256'][:16]}"
+                             + ("" if sh["present"] else "  (not here: avstore pull)"))
+        for p in entry["unrecorded_shards"]:
+            lines.append(f"  (no build record) {p}")
+    return "\n".join(lines) if lines else "(empty store)"
+
+
+def _config(section: str, name: str, default: str) -> str:
+    import pipeline  # noqa: F401  (loads workflows.cfg)
+    import luigi.configuration
+
+    return luigi.configuration.get_config().get(section, name, default)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="avstore", description="catalog, verify and share the shards of a store")
+    parser.add_argument("--store", help="the store folder (default: [paths] store of workflows.cfg)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("catalog", help="datasets, feature sets, shards, sizes, clips, builder, time")
+    p.add_argument("--dataset")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p = sub.add_parser("verify", help="check every shard's sha256 against its build record")
+    p.add_argument("--dataset")
+    p = sub.add_parser("diff", help="the configuration difference between two feature sets")
+    p.add_argument("a", help="feature set key (or a unique prefix)")
+    p.add_argument("b")
+    p.add_argument("--dataset")
+    for name in ("push", "pull"):
+        p = sub.add_parser(name, help=f"{name} feature sets {'to' if name == 'push' else 'from'} the remote")
+        p.add_argument("--dataset", required=True)
+        p.add_argument("--build", help="one feature set key (default: all)")
+        p.add_argument("--remote", help="URL: a folder, file://..., s3://bucket/prefix (default: [remote] url)")
+    args = parser.parse_args(argv)
+    store = args.store or _config("paths", "store", "store")
+
+    if args.command == "catalog":
+        cat = catalog(store, args.dataset)
+        print(json.dumps(cat, indent=1) if args.json else format_catalog(cat))
+        return 0
+    if args.command == "verify":
+        problems = verify(store, args.dataset)
+        n = sum(len(r.get("files", {})) for ds in ([args.dataset] if args.dataset else datasets(store))
+                for r in records(store, ds).values())
+        for rel, why in problems:
+            print(f"FAILED {rel}: {why}")
+        print(f"verify: {n} shards, {len(problems)} problem(s)")
+        return 1 if problems else 0
+    if args.command == "diff":
+        (da, ka, ra), (db, kb, rb) = find_record(store, args.a, args.dataset), find_record(store, args.b, args.dataset)
+        rows = config_diff(ra, rb)
+        print(f"--- {da}/{ka}\n+++ {db}/{kb}")
+        for k, va, vb in rows:
+            print(f"  {k}: {json.dumps(va)} -> {json.dumps(vb)}")
+        if not rows:
+            print("  (same configuration)")
+        return 0
+    from pipeline import remote
+
+    url = args.remote or _config("remote", "url", "")
+    if not url:
+        raise SystemExit("avstore: no remote: pass --remote URL or set [remote] url in workflows.cfg")
+    r = remote.Remote(url)
+    try:
+        if args.command == "push":
+            n = remote.push(store, r, args.dataset, args.build)
+        else:
+            n = remote.pull(store, r, args.dataset, args.build)
+    except remote.RemoteError as err:
+        print(f"avstore {args.command}: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.command}: {n['files']} file(s) {n['bytes']} bytes, {n['skipped']} already there, "
+          f"{n['builds']} feature set(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
