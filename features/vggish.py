@@ -94,7 +94,7 @@ def log_mel(*, y: np.ndarray, sr: int = SR) -> np.ndarray:
 
 def patches(mel: np.ndarray) -> np.ndarray:
     """(n_patches, 96, 64) non-overlapping 0.96 s patches (the ``vggish_input`` framing, last
-    incomplete patch dropped). Patch p starts at p · 0.96 s; its centre is at p · 0.96 + 0.4825 s."""
+    incomplete patch dropped). Patch p starts at p · 0.96 s; its centre is at p · 0.96 + 0.4875 s (frames span 95 · 10 ms + 25 ms)."""
     n = max(0, 1 + (len(mel) - N_FRAMES) // N_FRAMES) if len(mel) >= N_FRAMES else 0
     return np.ascontiguousarray(mel[: n * N_FRAMES].reshape(n, N_FRAMES, mel.shape[1]))
 
@@ -106,8 +106,8 @@ def patch_centers(n_patches: int) -> np.ndarray:
 
 def centered_patches(mel: np.ndarray, *, t_center: np.ndarray) -> np.ndarray:
     """One 0.96 s patch centred on each time in ``t_center`` (s): for a 655 ms window of
-    ``features.segments`` (centre (t_begin + t_end) / 2) the patch reaches 152.5 ms beyond each
-    side. The first frame is round((t − 0.4825) / 0.01); frames outside the clip are filled with
+    ``features.segments`` (centre (t_begin + t_end) / 2) the patch (975 ms of audio) reaches 160 ms
+    beyond each side. The first frame is round((t − 0.4875) / 0.01); frames outside the clip are filled with
     log(0 + 0.01), the log-mel of digital silence (as if the audio were zero-padded).
 
     Returns (len(t_center), 96, 64) float32."""
