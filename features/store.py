@@ -23,6 +23,22 @@ Layout of a shard (``h5ls -r`` output is in README.md)::
                                                      one row per video frame
     /pca/{mean, components, explained_variance, fit_clips}
                                                      the landmark PCA basis (refit per fold)
+
+Embeddings (``features.embeddings``, ``pipeline.embeddings``; each present only when its stage is
+enabled, ``Shard.has(name)`` tells)::
+
+    /vggish/{embedding (P, 128), t_center (P,) s, offsets}   VGGish per 0.96 s patch (Lucas §3);
+                                                     uint8 0..255 when PCA post-processing is on
+    /windows/vggish (W, 128)                         one VGGish vector per 655 ms window (a 0.96 s
+                                                     patch centred on the window's centre)
+    /video/descriptor (V, 128), /video/descriptor_frame (V,)
+                                                     dlib ResNet face descriptor per frame; the
+                                                     frame whose chip made it (−1: no face)
+    /video/vggface (V, D)                            VGGFace activations per frame (zeros where
+                                                     video/found is 0)
+    /text/{glove (n_clips, 100, 300), length, oov (n_clips, 100) uint8}
+                                                     GloVe 300-d (Priyasad §3.1)
+    /audio/{waveform, offsets}                       16 kHz waveform, no pre-emphasis (SincNet input)
 """
 from __future__ import annotations
 
@@ -35,6 +51,12 @@ import numpy as np
 from features.errors import ParameterError
 
 FORMAT_VERSION = 1
+#: feature name (CONTRACT.md) -> the dataset that holds it
+FEATURES = {"logmel": "frames/logmel", "units": "units/kind", "crop": "video/crop", "crop_small": "video/crop_small",
+            "pca": "video/pca", "vggish": "vggish/embedding", "vggish_window": "windows/vggish",
+            "descriptor": "video/descriptor", "vggface": "video/vggface", "glove": "text/glove",
+            "waveform": "audio/waveform"}
+FACE_EMBEDDINGS = ("descriptor", "vggface")
 CHUNK_BYTES = 256 * 1024
 # Chosen by bench/bench_reader.py (README "Benchmarks"): with the chunk cache, every setting reads
 # ~10,000 windows/s through a 2-worker DataLoader (within noise), so the choice is by size and by
@@ -288,3 +310,55 @@ class Shard:
         from features.audio import window_image
 
         return window_image(np.stack([self.window_frames(int(i)) for i in indices]))
+
+    # -- embeddings (present when their stage was enabled; ``has`` tells) ----------------------
+    def has(self, name: str) -> bool:
+        """Whether feature ``name`` (``FEATURES``: "vggish", "descriptor", "glove", ...) is in the shard."""
+        if name not in FEATURES:
+            raise ParameterError(f"unknown feature {name!r}; known: {sorted(FEATURES)}")
+        return FEATURES[name] in self._file()
+
+    def _need(self, name: str) -> None:
+        if not self.has(name):
+            raise KeyError(f"{self.path} has no {name!r} ({FEATURES[name]}): enable it in workflows.cfg "
+                           f"([Shard] embeddings and the stage's weights / path) and rebuild")
+
+    def vggish(self, clip: int) -> np.ndarray:
+        """(n_patches, 128) VGGish embeddings of clip ``clip``, one per 0.96 s patch (hop 0.96 s;
+        centre times in ``group("vggish")["t_center"]``); float32 (uint8 if PCA-quantised)."""
+        self._need("vggish")
+        off = self._dataset("vggish/offsets")
+        return self._dataset("vggish/embedding")[off[clip]:off[clip + 1]]
+
+    def window_vggish(self, i: int) -> np.ndarray:
+        """(128,) VGGish embedding of the 0.96 s patch centred on window ``i``."""
+        self._need("vggish_window")
+        return self._dataset("windows/vggish")[i]
+
+    def face_embedding(self, clip: int, name: str = "descriptor") -> np.ndarray:
+        """(n_frames, D) per-frame face embedding ("descriptor": dlib 128-d, "vggface") of
+        clip ``clip``; rows where ``video(clip, "found")`` is 0 are zeros, not data."""
+        if name not in FACE_EMBEDDINGS:
+            raise ParameterError(f"name must be one of {FACE_EMBEDDINGS}, got {name!r}")
+        self._need(name)
+        return self.video(clip, name)
+
+    def window_face_embedding(self, i: int, name: str = "descriptor") -> np.ndarray:
+        """(16, D) face embeddings of window ``i``'s aligned frames (zeros where video_ok is 0)."""
+        if name not in FACE_EMBEDDINGS:
+            raise ParameterError(f"name must be one of {FACE_EMBEDDINGS}, got {name!r}")
+        self._need(name)
+        return self._window_video_rows(name, i)
+
+    def glove(self, clip: int) -> dict:
+        """{"vectors": (100, 300) float32, "length": int, "oov": (100,) bool} of clip ``clip``'s
+        transcript (Priyasad §3.1); padding rows are zeros at index >= length."""
+        self._need("glove")
+        return {"vectors": self._dataset("text/glove")[clip], "length": int(self._dataset("text/length")[clip]),
+                "oov": self._dataset("text/oov")[clip].astype(bool)}
+
+    def waveform(self, clip: int) -> np.ndarray:
+        """(n,) float32 16 kHz waveform of clip ``clip``, no pre-emphasis (SincNet input)."""
+        self._need("waveform")
+        off = self._dataset("audio/offsets")
+        return self._dataset("audio/waveform")[off[clip]:off[clip + 1]]

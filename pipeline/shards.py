@@ -12,9 +12,11 @@ from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment, clip_table, re
 from pipeline.video import Align, Faces, LandmarkPCA
 from pipeline.base import BatchTask, StoreTarget, digest, logger, n_batches, paths
 from pipeline.catalog import build_facts
+from pipeline.embeddings import EMBEDDINGS
 from pipeline.manifest import get_dataset
 
-SHARD_CODE_VERSION = "1"
+SHARD_CODE_VERSION = "2"
+VIDEO_EMBEDDINGS = ("descriptor", "vggface")  # computed from the Faces crops: not in audio-only shards
 
 
 class Shard(BatchTask):
@@ -26,13 +28,44 @@ class Shard(BatchTask):
     video = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                 description="build the visual chain too (false: audio-only shards)")
 
+    embeddings = luigi.ListParameter(
+        default=("descriptor", "waveform", "glove", "vggish", "vggface"),
+        description="embedding stages that may be built; glove, vggish and vggface also need their file "
+                    "configured ([GloVe] path, [VGGish] weights, [VGGFace] weights), glove a transcript column")
+
+    def enabled_embeddings(self) -> list[str]:
+        """The embedding stages this shard holds: those listed in ``embeddings`` that can be built
+        (waveform: always; descriptor: with the visual chain; glove: a GloVe path and transcripts in the corpus;
+        vggish / vggface: a weights path). A configured path that does not exist still counts:
+        that stage then fails with a message that says how to switch it off."""
+        unknown = sorted(set(self.embeddings) - set(EMBEDDINGS))
+        if unknown:
+            from features.errors import ParameterError
+
+            raise ParameterError(f"[Shard] embeddings: unknown {unknown}; known: {sorted(EMBEDDINGS)}")
+        out = []
+        for name in self.embeddings:
+            task = self.clone(EMBEDDINGS[name])
+            if name in VIDEO_EMBEDDINGS and not self.video:
+                continue
+            if name in ("vggish", "vggface") and not task.weights:
+                continue
+            if name == "glove" and not (task.path and self._has_transcripts()):
+                continue
+            out.append(name)
+        return out
+
+    def _has_transcripts(self) -> bool:
+        clips = get_dataset(self.manifest, self.dataset).list_clips()
+        return any((dict(c.extra).get("transcript") or "").strip() for c in clips)
+
     def requires(self):
         stages = {"decode": self.clone(Decode), "vad": self.clone(VAD), "prosody": self.clone(Prosody),
                   "logmel": self.clone(LogMel), "segment": self.clone(Segment)}
         if self.video:
             stages.update(faces=self.clone(Faces), align=self.clone(Align),
                           landmark_pca=self.clone(LandmarkPCA, batch=-1))
-        return stages
+        return {**stages, **{name: self.clone(EMBEDDINGS[name]) for name in self.enabled_embeddings()}}
 
     def chain(self) -> dict:
         chain = super().chain()  # cached; the labels join it once
@@ -66,15 +99,21 @@ class Shard(BatchTask):
             for key in ("fps", "width", "height", "rotation"):
                 table[key] = faces["clips"][key]
             groups["video"] = {"pca": self.pca20(faces["video"]["shape49"], inp["landmark_pca"])}
+        for name in EMBEDDINGS:  # per-clip outcome of each embedding stage
+            if name in inp:
+                emb = store.read_group(inp[name].output().path, "clips", ["status", "reason"])
+                table[f"{name}_status"], table[f"{name}_reason"] = emb["status"], emb["reason"]
         attrs = self.provenance()
+        attrs["embeddings"] = [name for name in EMBEDDINGS if name in inp]
         attrs["config"] = {name: t.own_params() for name, t in inp.items()}
         attrs["stages"] = {name: t.chain_digest() for name, t in inp.items()}
         attrs["code_versions"] = {name: t.CODE_VERSION for name, t in inp.items()}
         attrs["manifest"] = {k: v for k, v in vars(ds).items() if k not in ("manifest", "root")}
         self.write_stage_json()
         with self.output().temporary_path() as tmp:
-            store.assemble(tmp, sources=[t.output().path for t in inp.values()], attrs=attrs,
-                           groups=groups, skip=("clips", "audio"))
+            # Decode's audio group is the pre-emphasised scratch signal; the shard's audio/ is Waveform's
+            store.assemble(tmp, sources=[t.output().path for k, t in inp.items() if k != "decode"], attrs=attrs,
+                           groups=groups, skip=("clips",))
 
     @staticmethod
     def pca20(shape49: np.ndarray, basis_task) -> np.ndarray:

@@ -51,7 +51,7 @@ def test_demo_build_statuses_windows_and_provenance(demo_store):
     attrs = store.Shard(paths[0]).attrs
     assert attrs["dataset"] == "demo" and attrs["config"]["segment"]["hop_frames"] == 34
     assert set(attrs["stages"]) == {"decode", "vad", "prosody", "logmel", "segment", "faces", "align",
-                                    "landmark_pca"}
+                                    "landmark_pca", "descriptor", "waveform"}  # + the default embeddings
     assert "librosa" in attrs["libraries"] and attrs["chain"]["code_version"]
     s0 = store.Shard(paths[0])
     assert all(len(h) == 64 for h in s0.clips["source_sha256"] if h)

@@ -1,0 +1,310 @@
+"""The embedding stages, one per feature, each on one batch of clips (its own hash chain):
+
+* ``Waveform``   Decode → the 16 kHz waveform without pre-emphasis, peak-normalised (SincNet
+  input, Priyasad §2.1, §3.1)
+* ``VGGish``     Decode + Segment → VGGish per 0.96 s patch and per 655 ms window (Lucas §3)
+* ``FaceDescriptor``  Faces → dlib's 128-d ResNet descriptor per video frame
+* ``VGGFace``    Faces → VGG-16 / VGG-19 face activations per video frame (Lucas §3, Hsu & Wu
+  §III-B, Table 2)
+* ``GloVe``      transcripts of the labels CSV → (100, 300) GloVe vectors (Priyasad §3.1)
+
+A stage with weights (VGGish, VGGFace, GloVe) is off when its file parameter is empty; a file
+that is configured but missing fails the stage at its start, with a message naming the file,
+the workflows.cfg key and how to switch the feature off. The weight file's sha256 joins the
+stage's digest, so new weights give new outputs. ``infer_batch_size`` and ``device`` do not
+change the outputs (beyond float rounding) and are not hashed; ``precision`` is.
+"""
+from __future__ import annotations
+
+import os
+
+import luigi
+import numpy as np
+
+from pipeline.audio import Decode, Segment, clip_rows, clip_table, read_input
+from pipeline.base import BatchTask
+from pipeline.manifest import get_dataset
+from pipeline.video import Faces
+
+
+def _switch_off(section: str, key: str, feature: str) -> str:
+    return (f"to build without {feature}, set `{key} =` (empty) under [{section}] in workflows.cfg or leave "
+            f"\"{feature}\" out of `[Shard] embeddings`")
+
+
+def require_file(path: str, *, section: str, key: str, feature: str, what: str) -> None:
+    """Stop a stage before any work when its configured file is missing."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{feature}: the {what} {path!r} does not exist (configured as `{key}` under [{section}] in "
+            f"workflows.cfg, or --{section}-{key.replace('_', '-')} on the command line). Put the file there "
+            f"or point `{key}` at it (README, 'Pretrained embeddings'); {_switch_off(section, key, feature)}.")
+
+
+def file_identity(path: str) -> str | None:
+    """The sha256 of a configured file, "missing" when it does not exist, None when not configured."""
+    from features.embeddings import file_sha256
+
+    if not path:
+        return None
+    return file_sha256(path) if os.path.isfile(path) else "missing"
+
+
+class InferenceTask(BatchTask):
+    """A stage that runs a network: batch size, device and precision; holds the GPU resource."""
+
+    infer_batch_size = luigi.IntParameter(default=64, significant=False,
+                                          description="inputs per forward pass (does not change outputs)")
+    device = luigi.Parameter(default="auto", significant=False, description="auto (cuda if present), cpu or cuda")
+    precision = luigi.ChoiceParameter(default="fp32", choices=["fp32", "fp16", "bf16"],
+                                      description="fp16/bf16 autocast on a GPU")
+
+    @property
+    def resources(self):
+        from features.embeddings import pick_device
+
+        return {"gpu": 1} if pick_device(self.device).startswith("cuda") else {}
+
+    def own_params(self) -> dict:
+        params = super().own_params()
+        for key in ("weights", "pca_params"):
+            if params.get(key):
+                params[f"{key}_sha256"] = file_identity(params[key])
+        return params
+
+    def run_device(self) -> str:
+        from features.embeddings import pick_device
+
+        return pick_device(self.device)
+
+
+class Waveform(BatchTask):
+    """The 16 kHz waveform per clip for SincNet (Priyasad §2.1, §3.1): Decode's mixdown at 16 kHz
+    with its pre-emphasis undone (exact inverse filter), then amplitude-normalised ("peak":
+    divided by max |x|, SincNet's recipe; "none": as decoded). The trainer cuts the 250 ms chunks
+    (random in training, every 10 ms at evaluation) from this array."""
+
+    STAGE = "waveform"
+    CODE_VERSION = "1"
+    normalize = luigi.ChoiceParameter(default="peak", choices=["peak", "none"],
+                                      description="amplitude normalisation (Priyasad Fig. 1)")
+
+    def requires(self):
+        return {"decode": self.clone(Decode)}
+
+    def run(self):
+        from features import store
+        from features.audio import resample
+        from features.embeddings import deemphasis, sincnet_waveform
+
+        dec = read_input(self.requires()["decode"], "audio")
+        params = dec["attrs"]["chain"]["params"]
+
+        def one(i, clip):
+            y = deemphasis(clip_rows(dec["audio"], "waveform", i), coef=params["preemphasis"])
+            return sincnet_waveform(y=resample(y, orig_sr=params["sr"], sr=16000), normalize=self.normalize)
+
+        results, status, reason = self.per_clip(one, dec["clips"]["status"], dec["clips"]["reason"])
+        wave, offsets = store.pack([r if r is not None else np.zeros(0, np.float32) for r in results],
+                                   dtype=np.float32)
+        self.write({"clips": clip_table(self.clips(), status, reason),
+                    "audio": {"waveform": wave, "offsets": offsets}})
+
+
+class VGGish(InferenceTask):
+    """VGGish embeddings (Hershey et al. 2017; Lucas §3): one per 0.96 s patch of the clip (hop
+    0.96 s, the published framing) and one per 655 ms window (the 0.96 s patch centred on the
+    window's centre, silence-padded at the clip's edges; ``features.vggish.centered_patches``).
+    The input is the 16 kHz audio without pre-emphasis."""
+
+    STAGE = "vggish"
+    CODE_VERSION = "1"
+    weights = luigi.Parameter(default="", description="torchvggish state_dict (.pth); empty = VGGish off")
+    pca_params = luigi.Parameter(default="", description="vggish_pca_params.npz; empty = raw 128-d embeddings")
+
+    def requires(self):
+        return {"decode": self.clone(Decode), "segment": self.clone(Segment)}
+
+    def run(self):
+        from features import store, vggish
+        from features.audio import resample
+        from features.embeddings import batched_forward, deemphasis
+
+        require_file(self.weights, section="VGGish", key="weights", feature="vggish", what="VGGish weights file")
+        if self.pca_params:
+            require_file(self.pca_params, section="VGGish", key="pca_params", feature="vggish",
+                         what="VGGish PCA parameters file")
+        device = self.run_device()
+        model = vggish.load_vggish(self.weights).to(device)
+        pca = vggish.load_pca_params(self.pca_params) if self.pca_params else None
+        inp = self.requires()
+        dec, seg = read_input(inp["decode"], "audio"), read_input(inp["segment"], "windows")
+        params, w = dec["attrs"]["chain"]["params"], seg["windows"]
+
+        def one(i, clip):
+            y = deemphasis(clip_rows(dec["audio"], "waveform", i), coef=params["preemphasis"])
+            mel = vggish.log_mel(y=resample(y, orig_sr=params["sr"], sr=vggish.SR))
+            sel = w["clip"] == i
+            centers = (w["t_begin"][sel].astype(np.float64) + w["t_end"][sel]) / 2
+            return vggish.patches(mel), vggish.centered_patches(mel, t_center=centers)
+
+        results, status, reason = self.per_clip(one, seg["clips"]["status"], seg["clips"]["reason"])
+        empty = np.zeros((0, vggish.N_FRAMES, vggish.N_BANDS), np.float32)
+        seq = [r[0] if r else empty for r in results]
+        win = [r[1] if r else empty for r in results]
+        x = np.concatenate(seq + win)
+        self.set_status_message(f"VGGish batch {self.batch}: {len(x)} patches on {device}")
+        emb = batched_forward(model, x, batch_size=self.infer_batch_size, device=device,
+                              precision=self.precision).reshape(len(x), vggish.EMBEDDING_SIZE)
+        if pca is not None:
+            emb = vggish.postprocess(emb, pca_eigen_vectors=pca[0], pca_means=pca[1])
+        n_seq = sum(len(s) for s in seq)
+        _, offsets = store.pack(seq)
+        t_center = np.concatenate([vggish.patch_centers(len(s)) for s in seq]).astype(np.float32)
+        windows = np.zeros((len(w["clip"]), vggish.EMBEDDING_SIZE), emb.dtype)
+        windows[np.concatenate([np.flatnonzero(w["clip"] == i) for i in range(len(win))]).astype(int)] = emb[n_seq:]
+        self.write({"clips": clip_table(self.clips(), status, reason),
+                    "vggish": {"embedding": emb[:n_seq], "t_center": t_center, "offsets": offsets},
+                    "windows": {"vggish": windows}})
+
+
+class FaceDescriptor(BatchTask):
+    """dlib's ResNet face descriptor (128-d) per video frame: the 5-point landmarks inside the
+    tracked box (Faces), dlib's aligned 150×150 chip from the full frame, the network. With
+    ``every`` = k only every k-th frame with a face is run through the network and each frame takes
+    the descriptor of the nearest such frame (``video/descriptor_frame`` says which): the
+    descriptor encodes identity, which does not change within a clip, and dlib's CPU network
+    costs ~0.1 s per face here. Frames without a face: zeros and ``descriptor_frame`` = −1."""
+
+    STAGE = "descriptor"
+    CODE_VERSION = "1"
+    every = luigi.IntParameter(default=1, description="run the network on every k-th frame with a face")
+
+    def requires(self):
+        return {"faces": self.clone(Faces)}
+
+    def run(self):
+        from features import store, video
+        from features.embeddings import face_chips, face_descriptors, load_face_descriptor
+        from features.errors import ClipError, ParameterError
+
+        if self.every < 1:
+            raise ParameterError(f"[FaceDescriptor] every must be >= 1, got {self.every}")
+        model, predictor = load_face_descriptor()
+        faces_task = self.requires()["faces"]
+        faces = read_input(faces_task, "video/box", "video/found", "video/offsets")
+        fps = get_dataset(self.manifest, self.dataset).video_fps
+
+        def one(i, clip):
+            box, found = clip_rows(faces["video"], "box", i), clip_rows(faces["video"], "found", i).astype(bool)
+            frames, _, _ = video.read_video(clip.path, fps=fps)
+            if len(frames) != len(found):
+                raise ClipError("decode_error", f"decoded {len(frames)} frames, Faces had {len(found)}")
+            idx = np.flatnonzero(found)
+            run = idx[::self.every]
+            desc = face_descriptors(face_chips(frames, box, np.isin(np.arange(len(found)), run),
+                                               predictor=predictor), model=model)
+            out, src = np.zeros((len(found), 128), np.float32), np.full(len(found), -1, np.int32)
+            if len(run):
+                nearest = np.abs(idx[:, None] - run[None, :]).argmin(axis=1)
+                out[idx], src[idx] = desc[nearest], run[nearest]
+            return out, src
+
+        results, status, reason = self.per_clip(one, faces["clips"]["status"], faces["clips"]["reason"])
+        n = np.diff(faces["video"]["offsets"])
+        rows = [r if r else (np.zeros((k, 128), np.float32), np.full(k, -1, np.int32)) for r, k in zip(results, n)]
+        self.write({"clips": clip_table(self.clips(), status, reason),
+                    "video": {"descriptor": np.concatenate([r[0] for r in rows]),
+                              "descriptor_frame": np.concatenate([r[1] for r in rows]),
+                              "offsets": faces["video"]["offsets"]}})
+
+
+class VGGFace(InferenceTask):
+    """VGGFace activations per video frame (Parkhi et al. 2015; Lucas §3 "the last convolutional
+    layer"; Hsu & Wu Table 2: VGG-19 at 72×72). The face crops of Faces are resized to
+    ``image_size``: the 72 px crop when ``image_size`` <= its side, else the 173 px crop. The
+    architecture (VGG-16/19, widths) is read from the weights file."""
+
+    STAGE = "vggface"
+    CODE_VERSION = "1"
+    weights = luigi.Parameter(default="", description="vgg_face_dag-style state_dict; empty = VGGFace off")
+    image_size = luigi.IntParameter(default=224, description="network input side, px (224 VGG-Face, 72 Hsu & Wu)")
+    layer = luigi.Parameter(default="conv5_3", description="conv5_3 (spatial mean), pool5, fc6 or fc7")
+
+    def requires(self):
+        return {"faces": self.clone(Faces)}
+
+    def run(self):
+        from features import store, vggface
+
+        require_file(self.weights, section="VGGFace", key="weights", feature="vggface", what="VGGFace weights file")
+        device = self.run_device()
+        model = vggface.load_vggface(self.weights, image_size=self.image_size)
+        vggface.layer_name(self.layer, model.config.depth)
+        faces_task = self.requires()["faces"]
+        reader = store.Shard(faces_task.output().path)
+        fparams = reader.attrs["chain"]["params"]
+        crop = "crop_small" if self.image_size <= fparams["crop_size_small"] else "crop"
+        dim = vggface.output_dim(model.config, self.layer)
+        offsets = store.read_group(faces_task.output().path, "video", ["offsets"])["offsets"]
+        clips = reader.clips
+
+        def one(i, clip):
+            found = reader.video(i, "found").astype(bool)
+            out = np.zeros((len(found), dim), np.float32)
+            if found.any():
+                crops = reader.video(i, crop, rows=np.flatnonzero(found))
+                out[found] = vggface.face_embeddings(crops, model=model, layer=self.layer, device=device,
+                                                     batch_size=self.infer_batch_size, precision=self.precision)
+            return out
+
+        results, status, reason = self.per_clip(one, clips["status"], clips["reason"])
+        n = np.diff(offsets)
+        self.write({"clips": clip_table(self.clips(), status, reason),
+                    "video": {"vggface": np.concatenate([r if r is not None else np.zeros((k, dim), np.float32)
+                                                         for r, k in zip(results, n)]).reshape(-1, dim),
+                              "offsets": offsets}})
+
+
+class GloVe(BatchTask):
+    """GloVe vectors of each clip's transcript (Priyasad §3.1): tokens → (100, 300), zero-padded
+    or truncated, with the length and an out-of-vocabulary mask. A clip without a transcript gets
+    length 0 and status ``no_transcript`` (recorded in the shard's ``clips/glove_status``)."""
+
+    STAGE = "glove"
+    CODE_VERSION = "1"
+    path = luigi.Parameter(default="", description="GloVe text file (glove.6B.300d.txt); empty = GloVe off")
+    lowercase = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                    description="lowercase tokens (true for the uncased 6B / 42B files)")
+    max_len = luigi.IntParameter(default=100, description="tokens kept (Priyasad §3.1: 100)")
+    cache_dir = luigi.Parameter(default="", significant=False,
+                                description="where the memory-mapped cache goes; empty = <store>/_cache/glove")
+
+    def own_params(self) -> dict:
+        params = super().own_params()
+        if params.get("path"):
+            params["path_sha256"] = file_identity(params["path"])
+        return params
+
+    def chain(self) -> dict:
+        chain = super().chain()
+        chain["transcripts"] = [dict(c.extra).get("transcript") for c in self.clips()]
+        return chain
+
+    def run(self):
+        from features import store, text
+
+        require_file(self.path, section="GloVe", key="path", feature="glove", what="GloVe file")
+        vocab, vectors = text.load_glove(self.path, cache_dir=self.cache_dir or os.path.join(self.store, "_cache", "glove"))
+        clips = self.clips()
+        transcripts = [dict(c.extra).get("transcript") or "" for c in clips]
+        out = text.glove_transcripts(transcripts, vocab=vocab, vectors=vectors, max_len=self.max_len,
+                                     lowercase=self.lowercase)
+        status = np.array(["ok" if t.strip() else "no_transcript" for t in transcripts], dtype=object)
+        reason = np.array(["" if t.strip() else "glove: the labels CSV has no transcript for this clip"
+                           for t in transcripts], dtype=object)
+        self.write({"clips": clip_table(clips, status, reason),
+                    "text": {"glove": out["glove"], "length": out["length"], "oov": out["oov"].astype(np.uint8)}})
+
+
+EMBEDDINGS = {"descriptor": FaceDescriptor, "waveform": Waveform, "glove": GloVe, "vggish": VGGish, "vggface": VGGFace}
