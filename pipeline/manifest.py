@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import glob
 import hashlib
+import json
 import os
 import re
 
@@ -45,16 +46,54 @@ class Clip:
             return {"id": self.id, "file": None}
         st = os.stat(self.path)
         return {"id": self.id, "file": os.path.basename(self.path), "size": st.st_size,
-                "sha256": file_sha256(self.path, st.st_size, st.st_mtime_ns)}
+                "sha256": file_sha256(self.path, st.st_size, st.st_mtime_ns, st.st_ino)}
+
+
+def _hash_cache_path() -> str:
+    """``$AV_STORE_HASH_CACHE`` (empty: no cache file), else ``~/.cache/av-emotion-store/sha256.jsonl``."""
+    if "AV_STORE_HASH_CACHE" in os.environ:
+        return os.environ["AV_STORE_HASH_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "av-emotion-store", "sha256.jsonl")
+
+
+@functools.lru_cache(maxsize=1)
+def _known_hashes(path: str) -> dict:
+    known = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    known[row["key"]] = row["sha256"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn or foreign line: that file is hashed again
+    except OSError:
+        pass
+    return known
 
 
 @functools.lru_cache(maxsize=100_000)
-def file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file, computed once per process for a given (path, size, mtime)."""
+def file_sha256(path: str, size: int, mtime_ns: int, inode: int = 0) -> str:
+    """sha256 of a file's content. Hashing a corpus takes seconds per GB, so the result is kept
+    per process and in a small cache file (``_hash_cache_path``; one JSON line per file, appended)
+    keyed by (real path, size, mtime, inode), the facts ``make`` and ``rsync`` trust too: a file
+    rewritten in place with the same size and mtime would keep its old hash."""
+    key = f"{os.path.realpath(path)}|{size}|{mtime_ns}|{inode}"
+    cache = _hash_cache_path()
+    if cache and key in _known_hashes(cache):
+        return _known_hashes(cache)[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    if cache:
+        try:  # one short line per write, appended: concurrent builds cannot tear each other's lines
+            os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
+            with open(cache, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "sha256": h.hexdigest()}) + "\n")
+        except OSError:
+            pass  # a read-only home: hash again next time
     return h.hexdigest()
 
 

@@ -104,3 +104,31 @@ def test_labels_define_the_clips(tmp_path):
     assert [c.id for c in clips] == ["c1", "c2"]
     assert clips[0].path.endswith("c1.wav") and clips[1].path is None
     assert dict(clips[0].extra) == {"transcript": "hello"} and clips[1].extra == ()
+
+
+def test_file_hashes_are_kept_in_the_cache_file_and_redone_when_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    from pipeline import manifest as m
+
+    cache = tmp_path / "sha256.jsonl"
+    monkeypatch.setenv("AV_STORE_HASH_CACHE", str(cache))
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"first")
+
+    def sha(path):
+        m.file_sha256.cache_clear(), m._known_hashes.cache_clear()  # as a new process would
+        st = os.stat(path)
+        return m.file_sha256(str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+    assert sha(clip) == hashlib.sha256(b"first").hexdigest()
+    (row,) = [json.loads(line) for line in cache.read_text().splitlines()]
+    row["sha256"] = "from-the-cache"  # a later process takes the hash from the file, unread
+    cache.write_text(json.dumps(row) + "\n" + "torn line {\n")
+    assert sha(clip) == "from-the-cache"
+    clip.write_bytes(b"second")  # new content (size and mtime change): hashed again
+    os.utime(clip, ns=(1, 2))
+    assert sha(clip) == hashlib.sha256(b"second").hexdigest()
+    monkeypatch.setenv("AV_STORE_HASH_CACHE", "")  # no cache file at all
+    assert sha(clip) == hashlib.sha256(b"second").hexdigest()
