@@ -152,7 +152,7 @@ class VGGish(InferenceTask):
         empty = np.zeros((0, vggish.N_FRAMES, vggish.N_BANDS), np.float32)
         seq = [r[0] if r else empty for r in results]
         win = [r[1] if r else empty for r in results]
-        x = np.concatenate(seq + win)
+        x, _ = store.pack(seq + win, dtype=np.float32, row_shape=empty.shape[1:])  # a batch may be empty
         self.set_status_message(f"VGGish batch {self.batch}: {len(x)} patches on {device}")
         emb = batched_forward(model, x, batch_size=self.infer_batch_size, device=device,
                               precision=self.precision).reshape(len(x), vggish.EMBEDDING_SIZE)
@@ -160,9 +160,9 @@ class VGGish(InferenceTask):
             emb = vggish.postprocess(emb, pca_eigen_vectors=pca[0], pca_means=pca[1])
         n_seq = sum(len(s) for s in seq)
         _, offsets = store.pack(seq)
-        t_center = np.concatenate([vggish.patch_centers(len(s)) for s in seq]).astype(np.float32)
+        t_center, _ = store.pack([vggish.patch_centers(len(s)) for s in seq], dtype=np.float32)
         windows = np.zeros((len(w["clip"]), vggish.EMBEDDING_SIZE), emb.dtype)
-        windows[np.concatenate([np.flatnonzero(w["clip"] == i) for i in range(len(win))]).astype(int)] = emb[n_seq:]
+        windows[store.pack([np.flatnonzero(w["clip"] == i) for i in range(len(win))], dtype=np.int64)[0]] = emb[n_seq:]
         self.write({"clips": clip_table(self.clips(), status, reason),
                     "vggish": {"embedding": emb[:n_seq], "t_center": t_center, "offsets": offsets},
                     "windows": {"vggish": windows}})
@@ -214,8 +214,8 @@ class FaceDescriptor(BatchTask):
         n = np.diff(faces["video"]["offsets"])
         rows = [r if r else (np.zeros((k, 128), np.float32), np.full(k, -1, np.int32)) for r, k in zip(results, n)]
         self.write({"clips": clip_table(self.clips(), status, reason),
-                    "video": {"descriptor": np.concatenate([r[0] for r in rows]),
-                              "descriptor_frame": np.concatenate([r[1] for r in rows]),
+                    "video": {"descriptor": store.pack([r[0] for r in rows], dtype=np.float32, row_shape=(128,))[0],
+                              "descriptor_frame": store.pack([r[1] for r in rows], dtype=np.int32)[0],
                               "offsets": faces["video"]["offsets"]}})
 
 
@@ -261,8 +261,8 @@ class VGGFace(InferenceTask):
         results, status, reason = self.per_clip(one, clips["status"], clips["reason"])
         n = np.diff(offsets)
         self.write({"clips": clip_table(self.clips(), status, reason),
-                    "video": {"vggface": np.concatenate([r if r is not None else np.zeros((k, dim), np.float32)
-                                                         for r, k in zip(results, n)]).reshape(-1, dim),
+                    "video": {"vggface": store.pack([r if r is not None else np.zeros((k, dim), np.float32)
+                                                     for r, k in zip(results, n)], dtype=np.float32, row_shape=(dim,))[0],
                               "offsets": offsets}})
 
 

@@ -97,9 +97,10 @@ def test_luigid_with_two_worker_processes_computes_every_batch_once(tmp_path):
     runs = collections.Counter(task for _, _, task in started)
     assert max(runs.values()) == 1, [t for t, n in runs.items() if n > 1]
     families = collections.Counter(family for _, family, _ in started)
-    # 3 batches x (Decode VAD Prosody LogMel Segment Faces Align Shard) + LandmarkPCA + BuildShards
+    # 3 batches x (Decode VAD Prosody LogMel Segment Faces Align FaceDescriptor Waveform Shard)
+    # + LandmarkPCA + BuildShards
     assert families == {**{f: 3 for f in ("Decode", "VAD", "Prosody", "LogMel", "Segment", "Faces", "Align",
-                                          "Shard")}, "LandmarkPCA": 1, "BuildShards": 1}
+                                          "FaceDescriptor", "Waveform", "Shard")}, "LandmarkPCA": 1, "BuildShards": 1}
     assert len({pid for pid, _, _ in started}) == 2  # both processes took work
     assert_like_reference(store, reference(tmp_path, manifest))
 

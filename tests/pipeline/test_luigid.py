@@ -38,7 +38,7 @@ def test_build_through_a_running_luigid_reports_progress(tmp_path):
         query = urllib.parse.quote(json.dumps({"status": "DONE"}))
         done = json.load(urllib.request.urlopen(f"{api}?data={query}", timeout=5))["response"]
         decode = [t for t in done.values() if t["name"] == "Decode"]
-        assert len(done) == 10 and decode[0]["progress_percentage"] == 100
+        assert len(done) == 12 and decode[0]["progress_percentage"] == 100  # 8 stages + 2 embeddings, PCA, BuildShards
         assert decode[0]["status_message"] == "decode batch 0: 2/2 clips done"
     finally:
         server.terminate()
