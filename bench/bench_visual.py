@@ -9,9 +9,10 @@ The N (default 56) clip ids are hard links to those eight files (``bench/corpus.
 
 Measured:
 
-* ``cli``: ``luigi --module pipeline BuildShards ... --local-scheduler --workers 2 --batch-size 16``
-  in a subprocess (the whole CPU path: audio chain, decode, detect/track, landmarks, crops, PCA,
-  alignment, shards); wall time with start-up; RTF = seconds of video / wall seconds (target >= 10).
+* ``cli``: ``luigi --module pipeline BuildShards ... --local-scheduler --workers 2 --batch-size 16
+  --Shard-embeddings '[]'`` in a subprocess (the whole CPU path: audio chain, decode, detect/track,
+  landmarks, crops, PCA, alignment, shards; not the embedding stages, see bench_embeddings.py);
+  wall time with start-up; RTF = seconds of video / wall seconds (target >= 10).
 * ``task_breakdown`` (``--no-diagnose`` skips it): the same build into a fresh store through
   ``bench/_timed_luigi.py`` (task start / end events), so the ``Faces`` task time is separate.
 * ``stages_in_process``: ms per video frame of each step of the ``Faces`` task, in a fresh process
@@ -44,6 +45,9 @@ from bench_audio_chain import build, timed_build  # noqa: E402
 from corpus import DATASET, _link, good_clips  # noqa: E402
 
 TARGET_RTF = 10.0
+# the chain of the visual issue (decode, detect/track, crop, landmarks, PCA, alignment) and the audio
+# chain; the embedding stages (dlib descriptor ~0.1 s per face here) are bench_embeddings.py's
+NO_EMBEDDINGS = ("--Shard-embeddings", "[]")
 WIDTH, HEIGHT, FPS = 854, 480, 30
 N_ENCODES = 8
 # scale keeping the aspect (176×144 → 586×480), pillarbox to 854×480, square pixels
@@ -200,7 +204,7 @@ def main() -> None:
         batches = n_batches(args.clips, args.batch_size)
         luigi_bin = shutil.which("luigi") or "luigi"
         store = os.path.join(work, "store")
-        cli = build([luigi_bin], manifest, store, batch_size=args.batch_size)
+        cli = build([luigi_bin], manifest, store, batch_size=args.batch_size, extra=NO_EMBEDDINGS)
         rtf = video_s / cli["wall_s"]
         out = {"benchmark": "visual_chain", "clips": args.clips, "distinct_encodes": len(encodes),
                "format": f"{WIDTH}x{HEIGHT} {FPS} fps H.264 crf 23 + AAC 48 kHz stereo "
@@ -208,11 +212,12 @@ def main() -> None:
                "video_s": round(video_s, 3), "corpus_encode_s": round(corpus_s, 2),
                "workers": 2, "batch_size": args.batch_size, "batches": batches,
                "cli": {**cli, "command": f"luigi --module pipeline BuildShards --dataset {DATASET} --manifest M "
-                                         f"--store S --local-scheduler --workers 2 --batch-size {args.batch_size}"},
+                                         f"--store S --local-scheduler --workers 2 --batch-size {args.batch_size} "
+                                         f"--Shard-embeddings '[]'"},
                "rtf": round(rtf, 2), "target_rtf": TARGET_RTF, "target_met": rtf >= TARGET_RTF}
         if not args.no_diagnose:
             tb = timed_build(manifest, os.path.join(work, "store_timed"), os.path.join(work, "tasks.jsonl"),
-                             batch_size=args.batch_size, audio_s=video_s, env={})
+                             batch_size=args.batch_size, audio_s=video_s, env={}, extra=NO_EMBEDDINGS)
             faces = tb["tasks"].get("Faces", {})
             tb["faces_task_s"] = faces.get("sum_s")
             tb["faces_share_of_task_time"] = round(faces.get("sum_s", 0) / max(tb["task_seconds_total"], 1e-9), 3)

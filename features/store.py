@@ -51,7 +51,7 @@ import numpy as np
 from features.errors import ParameterError
 
 FORMAT_VERSION = 1
-#: feature name (CONTRACT.md) -> the dataset that holds it
+#: feature name (as models.data names them) -> the dataset that holds it
 FEATURES = {"logmel": "frames/logmel", "units": "units/kind", "crop": "video/crop", "crop_small": "video/crop_small",
             "pca": "video/pca", "vggish": "vggish/embedding", "vggish_window": "windows/vggish",
             "descriptor": "video/descriptor", "vggface": "video/vggface", "glove": "text/glove",
