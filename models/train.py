@@ -129,6 +129,20 @@ def train_epoch(model, module, dl, opt, device) -> float:
     return total / max(n, 1)
 
 
+def _first_map(w, batch, out):
+    """The first item's attention map without its padding: the step axis (0) cut to the item's
+    segments (``seg_mask``) or windows (``mask``), a word axis (last) to its ``glove_length``."""
+    w = w[0].float().cpu()
+    for key in ("seg_mask", "mask"):
+        m = out.get(key) if key == "seg_mask" else batch.get(key)
+        if m is not None and w.ndim and w.shape[0] == m.shape[1]:
+            w = w[m[0].bool().cpu()]
+            break
+    if "glove_length" in batch and w.ndim and w.shape[-1] == batch["glove"].shape[1]:
+        w = w[..., :max(int(batch["glove_length"][0]), 1)]
+    return w
+
+
 @torch.no_grad()
 def predict(model, module, dl, device) -> dict:
     """Outputs over a loader: clip, label, logits/pred, embedding, targets, loss; the first
@@ -148,7 +162,7 @@ def predict(model, module, dl, device) -> dict:
             if k in src:
                 keep[k].append(src[k].float().cpu().numpy())
         if attention is None and "attention" in out:
-            attention = {k: v[0].float().cpu() for k, v in out["attention"].items()}
+            attention = {k: _first_map(v, batch, out) for k, v in out["attention"].items()}
     res = {k: np.concatenate(v) for k, v in keep.items() if v}
     res["loss"], res["attention"] = total / max(n, 1), attention
     return res
@@ -278,8 +292,10 @@ def train_fold(args, table, fold, out_dir) -> dict:
     if "confusion" in test:
         pics.append(plots.confusion_png(test["confusion"], classes, os.path.join(out_dir, "confusion.png"),
                                         title=f"{args.model} {args.dataset} {fold.name}"))
+    axes = getattr(module, "ATTENTION", {})
     for name, w in (pt["attention"] or {}).items():
-        pics.append(plots.attention_png(w, os.path.join(out_dir, f"attention-{name}.png"), title=name))
+        pics.append(plots.attention_png(w, os.path.join(out_dir, f"attention-{name}.png"),
+                                        **{"title": f"{args.model} {name}", **axes.get(name, {})}))
     result = {"model": args.model, "dataset": args.dataset, "protocol": args.protocol_spec, "fold": fold.name,
               "classes": classes, **{k: v for k, v in test.items()},
               "validation": {"best": best, "best_epoch": best_epoch}, "epochs_run": len(history),
