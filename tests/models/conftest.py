@@ -1,7 +1,7 @@
 """The demo shards with every feature a model reads (``full_store``), and a continuous-label copy
 (``va_store``) for the regression path.
 
-Both start from a copy of the session's ``demo_store`` (tests/conftest.py) and build on it: the
+Both start from a copy (hard links) of the session's ``demo_store`` (tests/conftest.py) and build on it: the
 hash chain finds decoding, VAD, prosody, log-mel, segments, faces, landmarks, the descriptor and
 the waveform where they are, so only the stages that change run (VGGish + GloVe + Shard for
 ``full_store``; Shard alone for ``va_store``, whose labels CSV differs). That costs seconds where a
@@ -19,6 +19,17 @@ import torch
 
 from features import text, vggish
 from tests.conftest import DEMO, ROOT, build
+
+
+def link_tree(src, dst):
+    """A copy of store ``src`` whose files are hard links (a build never rewrites a file in place:
+    stages write a temporary file and rename it), falling back to copies across file systems."""
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+    shutil.copytree(src, dst, copy_function=link)
 
 
 def fresh_build(*args, **kw):
@@ -55,7 +66,7 @@ def full_store(demo_store, emb_weights, tmp_path_factory):
     """The demo store plus VGGish (clip and window) and GloVe: logmel, crop, crop_small, pca,
     descriptor, waveform, vggish, vggish_window, glove."""
     store = tmp_path_factory.mktemp("full") / "store"
-    shutil.copytree(demo_store, store)
+    link_tree(demo_store, store)
     ran = fresh_build(store, *emb_args(emb_weights), manifest=os.path.join(ROOT, "data_manifest.yaml"))
     assert set(ran) <= {"VGGish", "GloVe", "Shard", "BuildShards"}, ran   # the rest was reused
     return store
@@ -84,7 +95,7 @@ def va_store(full_store, emb_weights, tmp_path_factory):
     manifest.write_text(f"datasets:\n  demo:\n    root: {corpus}\n    clips: clips/*\n    labels: labels.csv\n"
                         f"    label_set: [continuous]\n    protocol: loso\n")
     store = base / "store"
-    shutil.copytree(full_store, store)
+    link_tree(full_store, store)
     ran = fresh_build(store, *emb_args(emb_weights), manifest=manifest)
     assert set(ran) <= {"Shard", "BuildShards"}, ran
     return store
