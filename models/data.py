@@ -268,11 +268,11 @@ class ShardDataset:
             elif name in ("descriptor", "vggface"):
                 out[name] = np.asarray(s.window_face_embedding(i, name), np.float32)
         for name in self.features:
-            if name in VISUAL and not ok:
-                out[name] = np.zeros_like(out[name])
             if name in self.norm:
                 mean, std = self.norm[name]
                 out[name] = (out[name] - mean) / std
+            if name in VISUAL and not ok:   # after normalising: unusable video stays exactly zero
+                out[name] = np.zeros_like(out[name])
         out["video_ok"] = ok
         return out
 

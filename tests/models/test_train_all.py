@@ -139,3 +139,22 @@ def test_a_training_part_of_one_more_than_the_batch_size(full_store, tmp_path):
     batch (6 training clips, batch 5)."""
     r = train(full_store, "sincnet_text", SINCNET, tmp_path, "--batch-size", "5")["folds"][0]
     assert r["items"]["train"] == 6 and r["epochs_run"] == 2 and 0 <= r["UA"] <= 1
+
+
+def test_normalised_clip_batches_keep_zeros_where_the_video_is_unusable(full_store):
+    """The audio-only clip (s1_sadness_02.wav) has no usable window: its visual features are zeros
+    after normalisation too (models/data.py), and the other clips' are normalised."""
+    from models.data import ShardDataset, fit_norm
+
+    table = clip_table(find_shards(full_store, "demo"))
+    ds = ShardDataset(table, range(len(table)), features=("logmel", "descriptor", "pca"), mode="clip")
+    ds.norm = fit_norm(ds)
+    batch = collate(ds.__getitems__(range(len(ds))))
+    ok = batch["video_ok"] & batch["mask"]
+    wav = int(np.flatnonzero(table.id[batch["clip"].numpy()] == "s1_sadness_02")[0])
+    assert not ok[wav].any() and batch["mask"][wav].any()
+    for name in ("descriptor", "pca"):
+        x = batch[name]
+        assert torch.all(x[~batch["video_ok"]] == 0)
+        mean = x[ok].double().mean(dim=tuple(range(x[ok].ndim - 1)))
+        assert torch.allclose(mean, torch.zeros_like(mean), atol=0.05)   # per dimension, the usable rows
