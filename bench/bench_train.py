@@ -1,12 +1,19 @@
 """Training throughput per model: ``python bench/bench_train.py [--store DIR] [--paper] [--steps N]``.
 
-For every model of ``models.MODELS`` whose module imports here, on the demo shards (built into a
-temporary store with the ``luigi`` CLI unless ``--store`` holds them): samples/s of the loader alone
+For every model of ``models.MODELS`` whose module imports here, on the demo shards: samples/s of the loader alone
 (a ``DataLoader`` with ``--workers`` workers, the model's mode and features, batch = the config's
 ``batch_size``) and of full training steps (loader + forward + loss + backward + optimizer step; bf16
 autocast on a GPU). A model whose features are not in the shards is reported with the reason.
 AVEF runs at its small test widths on a CPU and at the published sizes on a GPU (``--paper`` forces
-them). Prints one JSON object.
+them). DLSTM is benchmarked with ``task="classification"`` on a corpus without valence/arousal.
+Prints one JSON object.
+
+The shards: ``--store DIR`` names a store holding a build of the demo whose newest build record
+has every feature the models read (``logmel``, ``crop(_small)``, ``pca``, ``descriptor``,
+``waveform``, ``vggish``/``vggish_window``, ``glove``); e.g. one built with
+``luigi --module pipeline BuildShards --dataset demo --VGGish-weights W.pth --GloVe-path G.txt``.
+Without it the demo is built into a temporary folder with random VGGish weights in the published
+format and a GloVe file covering the demo transcripts (:func:`embedding_files`; about 2 minutes).
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import models  # noqa: E402
@@ -32,16 +40,42 @@ SMALL = {"avef": dict(small_crops=True, audio_size=67, audio_channels=(16, 32, 3
                       visual_channels=(4, 8, 8, 8, 16, 16, 16, 16), fc=64, dbn_hidden=(32, 16))}
 
 
+def embedding_files(folder: str) -> list[str]:
+    """Random VGGish weights in the published format (torchvggish state_dict) and a GloVe text file
+    (random 300-d vectors) holding every token of the demo transcripts; the BuildShards arguments
+    that use them. Throughput does not depend on the weights' values."""
+    import csv
+
+    import numpy as np
+
+    from features import text, vggish
+
+    torch.manual_seed(0)
+    weights, glove = os.path.join(folder, "vggish.pth"), os.path.join(folder, "glove.txt")
+    torch.save({k: torch.randn_like(v) * 0.02 for k, v in vggish.VGGish().state_dict().items()}, weights)
+    with open(os.path.join(ROOT, "tests", "data", "demo", "labels.csv"), newline="") as f:
+        words = sorted({w for r in csv.DictReader(f) for w in text.tokenize(r["transcript"])})
+    rng = np.random.default_rng(0)
+    with open(glove, "w") as f:
+        for w in words:
+            f.write(w + " " + " ".join(f"{x:.5f}" for x in rng.normal(size=300)) + "\n")
+    return ["--VGGish-weights", weights, "--GloVe-path", glove]
+
+
 def demo_store() -> str:
+    """The demo shards with every feature a model reads (VGGish and GloVe from :func:`embedding_files`)."""
     store = tempfile.mkdtemp(prefix="bench_train_")
     subprocess.run(["luigi", "--module", "pipeline", "BuildShards", "--dataset", "demo", "--store", store,
-                    "--local-scheduler", "--batch-size", "8"], cwd=ROOT, check=True, capture_output=True)
+                    "--local-scheduler", "--batch-size", "8", *embedding_files(store)], cwd=ROOT, check=True,
+                   capture_output=True)
     return store
 
 
 def bench(name, table, *, device, paper, steps, workers) -> dict:
     module = models.load(name)
     cfg = make_config(module, {} if paper else SMALL.get(name, {}))
+    if getattr(cfg, "task", None) == "regression" and not np.isfinite(table.valence).any():
+        cfg.task = "classification"   # DLSTM on a corpus without valence/arousal (the demo)
     classes, label_map = classes_of(module, cfg, table.manifest["label_set"])
     if hasattr(cfg, "n_classes"):
         cfg.n_classes = len(classes)

@@ -355,3 +355,7 @@ CONFIG = ACLSTMConfig
 MODEL = ACLSTM
 MODE = "clip"
 FEATURES = ("logmel", "descriptor")
+# axis names of the attention maps the trainer plots (models.plots.attention_png)
+ATTENTION = {"segment": dict(xlabel="segment (aclstm: NTN consistency score s, eq 1; feature: α)"),
+             "segment_audio": dict(xlabel="segment (audio attention α)"),
+             "segment_visual": dict(xlabel="segment (visual attention α)")}

@@ -268,11 +268,11 @@ class ShardDataset:
             elif name in ("descriptor", "vggface"):
                 out[name] = np.asarray(s.window_face_embedding(i, name), np.float32)
         for name in self.features:
-            if name in VISUAL and not ok:
-                out[name] = np.zeros_like(out[name])
             if name in self.norm:
                 mean, std = self.norm[name]
                 out[name] = (out[name] - mean) / std
+            if name in VISUAL and not ok:   # after normalising: unusable video stays exactly zero
+                out[name] = np.zeros_like(out[name])
         out["video_ok"] = ok
         return out
 
@@ -381,14 +381,19 @@ def collate(items: list[dict]) -> dict:
 
 def loader(dataset: ShardDataset, *, batch_size: int, shuffle: bool = False, num_workers: int = 0,
            seed: int = 0, device: str = "cpu"):
-    """A DataLoader with :func:`collate`, pinned memory when ``device`` is cuda, seeded shuffling."""
+    """A DataLoader with :func:`collate`, pinned memory when ``device`` is cuda, seeded shuffling.
+
+    A shuffled (training) loader drops a last batch of one item: BatchNorm cannot normalise a
+    batch of one in training mode (SincNet's A-DCNN, Priyasad §2.1), and the item is in another
+    batch at the next epoch's shuffle."""
     import torch
     from torch.utils.data import DataLoader
 
     g = torch.Generator().manual_seed(seed)
+    drop_last = shuffle and len(dataset) > 1 and len(dataset) % batch_size == 1
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=collate, pin_memory=str(device).startswith("cuda"), generator=g,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, drop_last=drop_last)
 
 
 def fit_norm(dataset: ShardDataset, *, features=("logmel", "pca", "vggish_window", "descriptor", "vggface",

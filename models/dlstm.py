@@ -225,3 +225,6 @@ CONFIG = DLSTMConfig
 MODEL = DLSTM
 MODE = "clip"
 FEATURES = ("vggish_window", "descriptor")
+# axis names of the attention maps the trainer plots (models.plots.attention_png)
+ATTENTION = {"embedding": dict(xlabel="video embedding s (eq 1-2)", ylabel="step (window)"),
+             "fusion": dict(xlabel="DLSTM (audio, video, early)", ylabel="step (window)", panel="output")}

@@ -219,3 +219,6 @@ CONFIG = PerceptionConfig
 MODEL = PerceptionAttention
 MODE = "clip"
 FEATURES = ("logmel", "pca")
+# axis names of the attention maps the trainer plots (models.plots.attention_png)
+ATTENTION = {"alignment": dict(xlabel="video frame", ylabel="audio step (eq 4-6)"),
+             "perception": dict(xlabel="emotion embedding n (eq 9)", ylabel="video frame t")}

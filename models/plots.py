@@ -64,26 +64,35 @@ def curves_png(history: list[dict], path, *, title: str = "") -> str:
 
 
 def attention_png(weights, path, *, xlabel: str = "video frame", ylabel: str = "audio step",
-                  title: str = "", xticks=None, yticks=None) -> str:
-    """A heatmap of one attention matrix: (T_audio, T_video) alignment weights or (T, E)
-    perception attention (rows = query steps). A torch tensor is accepted; a leading batch axis of
-    size 1 is dropped."""
+                  title: str = "", xticks=None, yticks=None, panel: str = "output") -> str:
+    """A heatmap of one attention map: (T_audio, T_video) alignment weights or (T, E)
+    perception attention (rows = query steps); a weight vector (N,) (one weight per segment or
+    position, e.g. ACLSTM's NTN score, Priyasad's fusion attention β) as one row; a (T, M, N) map
+    (e.g. Lucas eq 4: per step, per output dimension, over the DLSTMs) as M panels, titled
+    ``f"{panel} {m}"``. A torch tensor is accepted; a leading batch axis of size 1 is dropped."""
     plt = _plt()
     w = weights.detach().float().cpu().numpy() if hasattr(weights, "detach") else np.asarray(weights, float)
     while w.ndim > 2 and w.shape[0] == 1:
         w = w[0]
-    if w.ndim != 2:
-        raise ValueError(f"attention_png needs a 2-D matrix (T_query, T_key), got shape {w.shape}")
-    fig, ax = plt.subplots(figsize=(2 + 0.15 * w.shape[1], 1.5 + 0.15 * w.shape[0]))
-    im = ax.imshow(w, aspect="auto", cmap="viridis", interpolation="nearest")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if xticks is not None:
-        ax.set_xticks(range(len(xticks)), xticks, rotation=90)
-    if yticks is not None:
-        ax.set_yticks(range(len(yticks)), yticks)
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax)
+    if w.ndim == 1:
+        w, ylabel, yticks = w[None, :], "", [""]
+    if w.ndim not in (2, 3) or 0 in w.shape:
+        raise ValueError(f"attention_png needs a vector (N,), a matrix (T_query, T_key) or (T, M, N) "
+                         f"panels, got shape {w.shape}")
+    panels = [w] if w.ndim == 2 else [w[:, m] for m in range(w.shape[1])]
+    rows, cols = panels[0].shape
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(len(panels) * (2 + 0.15 * cols), 1.5 + 0.15 * rows))
+    for m, (ax, p) in enumerate(zip(axes[0], panels)):
+        im = ax.imshow(p, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if xticks is not None:
+            ax.set_xticks(range(len(xticks)), xticks, rotation=90)
+        if yticks is not None:
+            ax.set_yticks(range(len(yticks)), yticks)
+        ax.set_title(title if len(panels) == 1 else f"{title} {panel} {m}".strip())
+        fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -315,3 +315,8 @@ CONFIG = SincNetTextConfig
 MODEL = SincNetText
 MODE = "clip"
 FEATURES = ("waveform", "glove")
+# axis names of the attention maps the trainer plots (models.plots.attention_png)
+ATTENTION = {"cross": dict(xlabel="word i (eq 3-4)", ylabel="conv width j (text_widths)"),
+             "fusion": dict(xlabel="segment t of [audio; text] (eq 5-7)"),
+             "fusion_audio": dict(xlabel="segment t of the audio feature (eq 5-7)"),
+             "fusion_text": dict(xlabel="segment t of the text feature (eq 5-7)")}

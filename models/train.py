@@ -83,6 +83,15 @@ def load_checkpoint(path, *, map_location="cpu"):
     return model, ckpt
 
 
+def checkpoint_dataset(ckpt: dict, table, rows) -> ShardDataset:
+    """The ``ShardDataset`` a checkpoint's model reads: its features, mode, label map, and the
+    normalisation and landmark PCA fitted on its training part (``rows``: global clip indices)."""
+    norm = {k: tuple(np.asarray(x) for x in v) for k, v in (ckpt.get("norm") or {}).items()}
+    basis = {k: np.asarray(v) for k, v in ckpt["pca_basis"].items()} if ckpt.get("pca_basis") else None
+    return ShardDataset(table, rows, features=ckpt["features"], mode=ckpt["mode"],
+                        label_map=ckpt["label_map"] or None, norm=norm, pca_basis=basis)
+
+
 def _np(d):
     """Arrays -> tensors for a checkpoint (normalisation, PCA basis)."""
     if d is None:
@@ -129,6 +138,20 @@ def train_epoch(model, module, dl, opt, device) -> float:
     return total / max(n, 1)
 
 
+def _first_map(w, batch, out):
+    """The first item's attention map without its padding: the step axis (0) cut to the item's
+    segments (``seg_mask``) or windows (``mask``), a word axis (last) to its ``glove_length``."""
+    w = w[0].float().cpu()
+    for key in ("seg_mask", "mask"):
+        m = out.get(key) if key == "seg_mask" else batch.get(key)
+        if m is not None and w.ndim and w.shape[0] == m.shape[1]:
+            w = w[m[0].bool().cpu()]
+            break
+    if "glove_length" in batch and w.ndim and w.shape[-1] == batch["glove"].shape[1]:
+        w = w[..., :max(int(batch["glove_length"][0]), 1)]
+    return w
+
+
 @torch.no_grad()
 def predict(model, module, dl, device) -> dict:
     """Outputs over a loader: clip, label, logits/pred, embedding, targets, loss; the first
@@ -146,9 +169,10 @@ def predict(model, module, dl, device) -> dict:
         for k in keep:
             src = out if k in ("logits", "pred", "embedding") else batch
             if k in src:
-                keep[k].append(src[k].float().cpu().numpy())
+                v = src[k]
+                keep[k].append((v.float() if v.is_floating_point() else v).cpu().numpy())  # bf16 -> fp32; ids stay int
         if attention is None and "attention" in out:
-            attention = {k: v[0].float().cpu() for k, v in out["attention"].items()}
+            attention = {k: _first_map(v, batch, out) for k, v in out["attention"].items()}
     res = {k: np.concatenate(v) for k, v in keep.items() if v}
     res["loss"], res["attention"] = total / max(n, 1), attention
     return res
@@ -162,32 +186,43 @@ def pool(clips: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return uniq, out / np.bincount(inv)[:, None]
 
 
-def score(p: dict, *, n_classes: int, clf=None) -> dict:
-    """Clip-level metrics of ``predict`` output (window outputs are pooled per clip)."""
-    clips, labels = p["clip"], p["label"]
+def clip_outputs(p: dict, *, clf=None) -> dict:
+    """Per-clip outputs of ``predict`` output (window outputs pooled per clip, AVEF §2.2.4):
+    ``clip`` (global clip indices), ``label``; for a classifier ``pred_class`` (the SVM's on the
+    pooled embedding when ``clf`` is given, else the argmax of the averaged softmax ``prob``); for
+    a regression ``pred`` (n, 2) and the targets ``valence``/``arousal`` when present."""
+    clips = p["clip"]
     uniq, first = np.unique(clips, return_index=True)
-    y = labels[first]
-    res = {}
+    out = {"clip": uniq, "label": p["label"][first]}
     if "logits" in p:
         if clf is not None:
-            _, emb = pool(clips, p["embedding"])
-            yhat = clf.predict(emb)
+            out["pred_class"] = clf.predict(pool(clips, p["embedding"])[1])
         else:
             z = p["logits"] - p["logits"].max(1, keepdims=True)
-            prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-            _, mean = pool(clips, prob)
-            yhat = mean.argmax(1)
-        res.update(metrics.classification(y, yhat, n_classes=n_classes))
-        if len(uniq) != len(clips):
-            res["window"] = {k: v for k, v in metrics.classification(labels, p["logits"].argmax(1),
-                                                                     n_classes=n_classes).items() if k != "confusion"}
+            out["prob"] = pool(clips, np.exp(z) / np.exp(z).sum(1, keepdims=True))[1]
+            out["pred_class"] = out["prob"].argmax(1)
     if "pred" in p:
-        _, pred = pool(clips, p["pred"])
+        out["pred"] = pool(clips, p["pred"])[1]
+        for k in ("valence", "arousal"):
+            if k in p:
+                out[k] = pool(clips, p[k][:, None])[1][:, 0]
+    return out
+
+
+def score(p: dict, *, n_classes: int, clf=None) -> dict:
+    """Clip-level metrics of ``predict`` output (window outputs are pooled per clip)."""
+    o = clip_outputs(p, clf=clf)
+    res = {}
+    if "pred_class" in o:
+        res.update(metrics.classification(o["label"], o["pred_class"], n_classes=n_classes))
+        if len(o["clip"]) != len(p["clip"]):
+            res["window"] = {k: v for k, v in metrics.classification(p["label"], p["logits"].argmax(1),
+                                                                     n_classes=n_classes).items() if k != "confusion"}
+    if "pred" in o:
         for j, k in enumerate(("valence", "arousal")):
-            if k in p and j < pred.shape[1]:
-                _, target = pool(clips, p[k][:, None])
-                res[f"CCC_{k}"] = metrics.ccc(pred[:, j], target[:, 0])
-        res["n"] = len(uniq)
+            if k in o and j < o["pred"].shape[1]:
+                res[f"CCC_{k}"] = metrics.ccc(o["pred"][:, j], o[k])
+        res["n"] = len(o["clip"])
     return res
 
 
@@ -199,6 +234,19 @@ def _val_metric(res: dict) -> float:
 
 
 # -- one fold ----------------------------------------------------------------------------------------
+def check_targets(name, cfg, table, fold, classes) -> None:
+    """Before any training: the corpus has the targets the configuration learns (a regression needs
+    valence/arousal on the training clips; a classifier needs a discrete label set)."""
+    if getattr(cfg, "task", "classification") == "regression":
+        if not np.isfinite(table.valence[fold.train]).any():
+            raise ValueError(f"{name}: task='regression' learns valence and arousal, but the training clips of "
+                             f"fold {fold.name} have none: give the labels CSV valence,arousal columns and rebuild "
+                             f"the shards, or train a classifier with --set task='\"classification\"'")
+    elif not classes:
+        raise ValueError(f"{name} is a classifier, but the dataset's label set is [continuous]: use a model that "
+                         f"regresses valence/arousal (dlstm, task='regression')")
+
+
 def train_fold(args, table, fold, out_dir) -> dict:
     t0 = time.time()
     torch.manual_seed(args.seed)
@@ -210,6 +258,7 @@ def train_fold(args, table, fold, out_dir) -> dict:
     classes, label_map = classes_of(module, cfg, table.manifest.get("label_set", sorted(set(table.label))))
     if classes and hasattr(cfg, "n_classes") and "n_classes" not in overrides:
         cfg.n_classes = len(classes)
+    check_targets(args.model, cfg, table, fold, classes)
     feats = features_of(module, cfg)
     kw = dict(features=feats, mode=module.MODE, label_map=label_map or None)
     pca_basis = fit_pca_basis(table, fold.train) if "pca" in feats and args.refit_pca else None
@@ -250,7 +299,7 @@ def train_fold(args, table, fold, out_dir) -> dict:
                         "val_metric": _val_metric(val)})
         logger.info("%s epoch %d: train loss %.4f, validation loss %.4f, metric %.4f", fold.name, epoch,
                     train_loss, pv["loss"], history[-1]["val_metric"])
-        if history[-1]["val_metric"] > best:
+        if history[-1]["val_metric"] > best or best_state is None:   # (a NaN metric never compares greater)
             best, bad = history[-1]["val_metric"], 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             best_epoch = epoch
@@ -269,6 +318,7 @@ def train_fold(args, table, fold, out_dir) -> dict:
         extra["clip_train"] = {"X": torch.as_tensor(X, dtype=torch.float32), "y": torch.as_tensor(y)}
     pt = predict(model, module, dl["test"], device)
     test = score(pt, n_classes=len(classes), clf=clf)
+    outs = clip_outputs(pt, clf=clf)
     os.makedirs(out_dir, exist_ok=True)
     save_checkpoint(os.path.join(out_dir, "checkpoint.pt"), name=args.model, model=model, cfg=cfg,
                     extra={"classes": classes, "label_map": label_map, "features": list(feats), "mode": module.MODE,
@@ -278,14 +328,18 @@ def train_fold(args, table, fold, out_dir) -> dict:
     if "confusion" in test:
         pics.append(plots.confusion_png(test["confusion"], classes, os.path.join(out_dir, "confusion.png"),
                                         title=f"{args.model} {args.dataset} {fold.name}"))
+    axes = getattr(module, "ATTENTION", {})
     for name, w in (pt["attention"] or {}).items():
-        pics.append(plots.attention_png(w, os.path.join(out_dir, f"attention-{name}.png"), title=name))
+        pics.append(plots.attention_png(w, os.path.join(out_dir, f"attention-{name}.png"),
+                                        **{"title": f"{args.model} {name}", **axes.get(name, {})}))
     result = {"model": args.model, "dataset": args.dataset, "protocol": args.protocol_spec, "fold": fold.name,
               "classes": classes, **{k: v for k, v in test.items()},
               "validation": {"best": best, "best_epoch": best_epoch}, "epochs_run": len(history),
               "history": history, "pretrain": log.get("pretrain"),
               "speakers": {p: sorted(fold.speakers(table, p)) for p in ("train", "val", "test")},
               "items": {p: len(ds) for p, ds in parts.items()}, "device": str(device),
+              "predictions": {"clip_id": [str(table.id[c]) for c in outs["clip"]],
+                              **{k: v.tolist() for k, v in outs.items() if k != "clip"}},
               "seconds": time.time() - t0, "config": dataclasses.asdict(cfg), "pictures": pics}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1, default=float)
@@ -359,7 +413,7 @@ def main(argv=None) -> dict:
         if not 0 <= k < len(folds):
             raise SystemExit(f"--fold {k}: protocol {protocol['name']} has folds 0..{len(folds) - 1}")
         r = train_fold(args, table, folds[k], os.path.join(proto_dir, folds[k].name))
-        logger.info("%s: %s", folds[k].name, {m: r[m] for m in ("WA", "UA", "F1") if m in r})
+        logger.info("%s: %s", folds[k].name, {m: r[m] for m in ("WA", "UA", "F1", "CCC_valence", "CCC_arousal") if m in r})
         results.append(r)
     summary = write_summary(proto_dir, f"{args.model} on {args.dataset}, {protocol['name']}")
     print(metrics.table(summary, title=f"{args.model} on {args.dataset}, {protocol['name']}"))

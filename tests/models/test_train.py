@@ -77,8 +77,13 @@ def test_attention_heatmap(tmp_path):
     path = plots.attention_png(w, tmp_path / "a.png", title="alignment")
     img = matplotlib.image.imread(path)
     assert img.ndim == 3 and img.shape[1] > img.shape[0] * 0.5
-    with pytest.raises(ValueError, match="2-D"):
-        plots.attention_png(torch.zeros(2, 3, 4), tmp_path / "b.png")
+    v = matplotlib.image.imread(plots.attention_png(torch.rand(5), tmp_path / "v.png"))      # a weight vector
+    p = matplotlib.image.imread(plots.attention_png(torch.rand(6, 3, 2), tmp_path / "p.png"))  # 3 panels
+    assert v.shape[0] < img.shape[0] and p.shape[1] > 2 * v.shape[1] * 0.9
+    with pytest.raises(ValueError, match="vector"):
+        plots.attention_png(torch.zeros(2, 3, 4, 5), tmp_path / "b.png")
+    with pytest.raises(ValueError, match="vector"):
+        plots.attention_png(torch.zeros(0), tmp_path / "c.png")
 
 
 def test_only_the_shards(tmp_path):

@@ -1,0 +1,101 @@
+"""The demo shards with every feature a model reads (``full_store``), and a continuous-label copy
+(``va_store``) for the regression path.
+
+Both start from a copy (hard links) of the session's ``demo_store`` (tests/conftest.py) and build on it: the
+hash chain finds decoding, VAD, prosody, log-mel, segments, faces, landmarks, the descriptor and
+the waveform where they are, so only the stages that change run (VGGish + GloVe + Shard for
+``full_store``; Shard alone for ``va_store``, whose labels CSV differs). That costs seconds where a
+second demo build would cost minutes, and ``demo_store`` keeps the default feature set the
+pipeline tests check.
+"""
+import csv
+import os
+import shutil
+
+import luigi
+import numpy as np
+import pytest
+import torch
+
+from features import text, vggish
+from tests.conftest import DEMO, ROOT, build
+
+
+def link_tree(src, dst):
+    """A copy of store ``src`` whose files are hard links (a build never rewrites a file in place:
+    stages write a temporary file and rename it), falling back to copies across file systems."""
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def fresh_build(*args, **kw):
+    """A build as a new process sees it (luigi's cached task instances and hash chains dropped)."""
+    luigi.task_register.Register.clear_instance_cache()
+    try:
+        return build(*args, **kw)
+    finally:
+        luigi.task_register.Register.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def emb_weights(tmp_path_factory):
+    """VGGish weights in the published format (torchvggish state_dict, random) and a GloVe text
+    file (300-d, random) holding every token of the demo transcripts."""
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    torch.save({k: torch.randn_like(v) * 0.02 for k, v in vggish.VGGish().state_dict().items()}, d / "vggish.pth")
+    with open(os.path.join(DEMO, "labels.csv"), newline="") as f:
+        words = sorted({w for r in csv.DictReader(f) for w in text.tokenize(r["transcript"])})
+    vecs = np.random.default_rng(0).normal(size=(len(words), 300))
+    with open(d / "glove.txt", "w") as f:
+        for w, v in zip(words, vecs):
+            f.write(w + " " + " ".join(f"{x:.5f}" for x in v) + "\n")
+    return d
+
+
+def emb_args(w):
+    return ["--VGGish-weights", str(w / "vggish.pth"), "--GloVe-path", str(w / "glove.txt")]
+
+
+@pytest.fixture(scope="session")
+def full_store(demo_store, emb_weights, tmp_path_factory):
+    """The demo store plus VGGish (clip and window) and GloVe: logmel, crop, crop_small, pca,
+    descriptor, waveform, vggish, vggish_window, glove."""
+    store = tmp_path_factory.mktemp("full") / "store"
+    link_tree(demo_store, store)
+    ran = fresh_build(store, *emb_args(emb_weights), manifest=os.path.join(ROOT, "data_manifest.yaml"))
+    assert set(ran) <= {"VGGish", "GloVe", "Shard", "BuildShards"}, ran   # the rest was reused
+    return store
+
+
+@pytest.fixture(scope="session")
+def va_store(full_store, emb_weights, tmp_path_factory):
+    """``full_store`` rebuilt with the demo clips labelled ``continuous`` and given valence/arousal
+    in [-1, 1] (a RECOLA-like corpus, ``label_set: [continuous]``): anger = low valence, high
+    arousal; happiness = high valence, high arousal; sadness = low valence, low arousal (the
+    circumplex quadrants), plus a small per-clip offset."""
+    base = tmp_path_factory.mktemp("va")
+    corpus = base / "corpus"
+    shutil.copytree(os.path.join(DEMO, "clips"), corpus / "clips")   # copy2: same content sha256
+    quadrant = {"anger": (-0.6, 0.6), "happiness": (0.6, 0.5), "sadness": (-0.5, -0.6)}
+    with open(os.path.join(DEMO, "labels.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    rng = np.random.default_rng(0)
+    with open(corpus / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["clip_id", "label", "speaker", "transcript", "valence", "arousal"])
+        w.writeheader()
+        for r in rows:
+            v, a = quadrant[r["label"]] + rng.uniform(-0.1, 0.1, 2)
+            w.writerow({**r, "label": "continuous", "valence": f"{v:.3f}", "arousal": f"{a:.3f}"})
+    manifest = base / "manifest.yaml"
+    manifest.write_text(f"datasets:\n  demo:\n    root: {corpus}\n    clips: clips/*\n    labels: labels.csv\n"
+                        f"    label_set: [continuous]\n    protocol: loso\n")
+    store = base / "store"
+    link_tree(full_store, store)
+    ran = fresh_build(store, *emb_args(emb_weights), manifest=manifest)
+    assert set(ran) <= {"Shard", "BuildShards"}, ran
+    return store
