@@ -42,7 +42,7 @@ def build(cmd_head: list[str], manifest: str, store: str, *, batch_size: int, wo
            "--store", store, "--local-scheduler", "--workers", str(workers), "--batch-size", str(batch_size),
            *extra]
     t = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
     wall = time.perf_counter() - t
     m = SUMMARY.search(p.stdout + p.stderr)
     if p.returncode != 0 or not m:

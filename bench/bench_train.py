@@ -67,7 +67,7 @@ def demo_store() -> str:
     store = tempfile.mkdtemp(prefix="bench_train_")
     subprocess.run(["luigi", "--module", "pipeline", "BuildShards", "--dataset", "demo", "--store", store,
                     "--local-scheduler", "--batch-size", "8", *embedding_files(store)], cwd=ROOT, check=True,
-                   capture_output=True)
+                   capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT))
     return store
 
 

@@ -60,6 +60,16 @@ def check_rel(rel: str, pattern: re.Pattern = FILE_REL) -> str:
     return rel
 
 
+def quiet_sdk_debug_logs():
+    """Keep the AWS SDK's loggers at INFO or above: botocore's DEBUG records print the signed
+    request headers, whose ``Credential=`` field is the access key id (luigi's default log level is
+    DEBUG, so a build with an S3 remote would otherwise print it)."""
+    for name in ("botocore", "aiobotocore", "s3fs", "urllib3"):
+        log = logging.getLogger(name)
+        if log.getEffectiveLevel() < logging.INFO:
+            log.setLevel(logging.INFO)
+
+
 class Remote:
     """A remote store at ``url`` (a folder, ``file://``, ``s3://bucket/prefix``, any fsspec URL)."""
 
@@ -76,6 +86,7 @@ class Remote:
         self.url = url
         storage_options.setdefault("skip_instance_cache", True)  # endpoints / credentials may change
         self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
+        quiet_sdk_debug_logs()
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
     def __repr__(self):

@@ -12,6 +12,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "tests", "data", "demo")
 
 
+def cli_env(environ=None):
+    """The environment for a ``luigi --module pipeline`` subprocess: this checkout first on the
+    path, whichever checkout pip's editable install points at."""
+    env = dict(os.environ if environ is None else environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
 @pytest.fixture(scope="session")
 def speech_16k(tmp_path_factory):
     """Real synthetic speech (espeak-ng) at 16 kHz with 0.5 s of silence before and after."""

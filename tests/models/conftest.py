@@ -1,5 +1,6 @@
 """The demo shards with every feature a model reads (``full_store``), and a continuous-label copy
-(``va_store``) for the regression path.
+(``va_store``) for the regression path; every model test runs on one torch thread, and
+``fit_steps`` trains a model a few steps on one batch.
 
 Both start from a copy (hard links) of the session's ``demo_store`` (tests/conftest.py) and build on it: the
 hash chain finds decoding, VAD, prosody, log-mel, segments, faces, landmarks, the descriptor and
@@ -99,3 +100,25 @@ def va_store(full_store, emb_weights, tmp_path_factory):
     ran = fresh_build(store, *emb_args(emb_weights), manifest=manifest)
     assert set(ran) <= {"Shard", "BuildShards"}, ran
     return store
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: thread start-up costs more than it saves on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def fit_steps(model, batch, steps, lr):
+    """``steps`` Adam steps on one batch; the loss before each step."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(model(batch), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

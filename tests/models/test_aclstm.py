@@ -5,14 +5,7 @@ import torch.nn.functional as F
 
 from models import aclstm as A
 from models.layers import masked_softmax, unit_assignment, unit_mean
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny models: thread start-up costs more than it saves on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.models.conftest import fit_steps
 
 
 def tiny(variant="aclstm", **kw):
@@ -196,13 +189,6 @@ def test_a_few_steps_reduce_the_loss_on_a_learnable_batch(variant):
              "descriptor": torch.randn(B, T, 16, 12) + 2 * F.one_hot(label, 12).float().view(B, 1, 1, 12),
              "unit": unit, "mask": torch.ones(B, T, dtype=torch.bool), "label": label}
     model = tiny(variant)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = model.loss(model(batch), batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, batch, steps=30, lr=1e-2)
     assert losses[-1] < 0.5 * losses[0]
     assert (model.eval()(batch)["logits"].argmax(-1) == label).all()

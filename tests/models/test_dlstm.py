@@ -4,14 +4,7 @@ import torch
 
 from models import dlstm as D
 from models.layers import GeneralScore
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.models.conftest import fit_steps
 
 
 def tiny(**kw):
@@ -158,12 +151,5 @@ def test_a_few_steps_reduce_the_mse_on_a_learnable_batch():
              "valence": audio[:, :, 0].mean(1), "arousal": -audio[:, :, 1].mean(1)}
     model = tiny()
     model.on_epoch_start(5)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(40):
-        loss = model.loss(model(batch), batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, batch, steps=40, lr=0.01)
     assert losses[-1] < 0.3 * losses[0]

@@ -4,14 +4,7 @@ import torch
 
 from models import perception as P
 from models.layers import last_step
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.models.conftest import fit_steps
 
 
 def tiny(variant="perception", **kw):
@@ -143,12 +136,5 @@ def test_a_few_steps_reduce_the_loss_on_a_learnable_batch(variant):
     batch = {"logmel": torch.randn(B, T, 3, 8, 16), "pca": torch.randn(B, T, 4, 20) + 2 * label.view(B, 1, 1, 1).float(),
              "mask": torch.ones(B, T, dtype=torch.bool), "label": label}
     model = tiny(variant)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    losses = []
-    for _ in range(40):
-        loss = model.loss(model(batch), batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, batch, steps=40, lr=0.02)
     assert losses[-1] < 0.5 * losses[0]

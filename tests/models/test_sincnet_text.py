@@ -6,14 +6,7 @@ import pytest
 import torch
 
 from models import sincnet_text as S
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.models.conftest import fit_steps
 
 
 def tiny(fusion="F-III", **kw):
@@ -189,12 +182,5 @@ def test_a_few_steps_reduce_the_loss_on_a_learnable_batch():
     batch = {"waveform": wav, "waveform_length": torch.full((B,), 1200), "glove": glove,
              "glove_length": torch.full((B,), 7), "label": label}
     model = tiny("F-I")
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(30):
-        loss = model.loss(model(batch), batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, batch, steps=30, lr=0.01)
     assert losses[-1] < 0.5 * losses[0]

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli_env
 from tests.pipeline.conftest import make_corpus
 
 CLIPS = ("s1_anger_01", "s2_sadness_01")
@@ -36,13 +36,13 @@ def luigi_argv(manifest, store, *extra):
 def run_luigi(manifest, store, *extra, log=None, timeout=300):
     """BuildShards in a subprocess (``luigi --module pipeline``); with ``log``, every task that
     starts is appended to that file as "<pid> <family> <task id>"."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = cli_env()
     return subprocess.run([sys.executable, "-c", RUNNER, str(log or ""), *luigi_argv(manifest, store, *extra)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def popen_luigi(manifest, store, *extra, log=None):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = cli_env()
     return subprocess.Popen([sys.executable, "-c", RUNNER, str(log or ""), *luigi_argv(manifest, store, *extra)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from features import store
 from features.segments import count_windows
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli_env
 from tests.pipeline.conftest import build, make_corpus
 
 
@@ -118,11 +118,11 @@ def test_cli_builds_with_exit_0_and_prints_the_summary(tmp_path):
     manifest = make_corpus(tmp_path / "c", good=good, bad=True)
     cmd = ["luigi", "--module", "pipeline", "BuildShards", "--dataset", "mini", "--manifest", str(manifest),
            "--store", str(tmp_path / "store"), "--local-scheduler"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=cli_env())
     assert out.returncode == 0, out.stderr[-2000:]
     assert "BuildShards mini: 2 clips ok, 7 failed" in out.stdout
     assert "failed no_audio_stream: 1" in out.stdout
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=cli_env())
     assert again.returncode == 0 and "BuildShards mini: 2 clips ok" in again.stdout
 
 
@@ -130,7 +130,7 @@ def test_cli_fails_with_nonzero_exit_before_any_work_on_a_bad_manifest(tmp_path)
     manifest = tmp_path / "m.yaml"
     manifest.write_text("datasets:\n  x:\n    root: ${NO_SUCH_ROOT_VAR}\n    clips: '*'\n    labels: l.csv\n"
                         "    label_set: [a]\n    protocol: loso\n")
-    env = {k: v for k, v in os.environ.items() if k != "NO_SUCH_ROOT_VAR"}
+    env = cli_env({k: v for k, v in os.environ.items() if k != "NO_SUCH_ROOT_VAR"})
     out = subprocess.run(["luigi", "--module", "pipeline", "BuildShards", "--dataset", "x", "--manifest",
                           str(manifest), "--store", str(tmp_path / "store"), "--local-scheduler"],
                          cwd=ROOT, capture_output=True, text=True, env=env)

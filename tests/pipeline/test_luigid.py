@@ -4,7 +4,7 @@ import subprocess
 import time
 import urllib.request
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli_env
 from tests.pipeline.conftest import make_corpus
 
 
@@ -32,7 +32,7 @@ def test_build_through_a_running_luigid_reports_progress(tmp_path):
         out = subprocess.run(["luigi", "--module", "pipeline", "BuildShards", "--dataset", "mini", "--manifest",
                               str(manifest), "--store", str(tmp_path / "store"), "--scheduler-host", "127.0.0.1",
                               "--scheduler-port", str(port), "--workers", "2"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+                             cwd=ROOT, capture_output=True, text=True, timeout=300, env=cli_env())
         assert out.returncode == 0, out.stderr[-2000:]
         assert "BuildShards mini: 2 clips ok, 0 failed" in out.stdout
         query = urllib.parse.quote(json.dumps({"status": "DONE"}))
