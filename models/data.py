@@ -35,7 +35,7 @@ from features.errors import ParameterError
 from features.store import Shard
 
 # name -> (kind, HDF5 dataset whose presence means the feature is in the shard, how to enable it)
-_EMB = "build the shards with the embeddings stage (README 'Embeddings')"
+_EMB = "build the shards with the embedding stage (README 'Pretrained embeddings')"
 FEATURES = {
     "logmel": ("window", "frames/logmel", "it is part of every shard; rebuild the shards"),
     "crop": ("window", "video/crop", "build the shards with the visual chain (Faces, Align)"),
@@ -281,6 +281,9 @@ class ShardDataset:
         for name in self.features:
             if name == "vggish":
                 out[name] = np.asarray(s.vggish(c), np.float32)
+                if name in self.norm:
+                    mean, std = self.norm[name]
+                    out[name] = (out[name] - mean) / std
             elif name == "glove":
                 g = s.glove(c)
                 out["glove"], out["glove_length"] = np.asarray(g["vectors"], np.float32), int(g["length"])

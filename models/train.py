@@ -22,6 +22,7 @@ import glob
 import json
 import logging
 import os
+import sys
 import time
 
 import numpy as np
@@ -420,5 +421,16 @@ def main(argv=None) -> dict:
     return {"folds": results, "summary": summary}
 
 
+def cli(argv=None) -> int:
+    """``python -m models.train``: a mistake in the arguments, the shards or the targets (ValueError,
+    a missing file) prints its message and exits with status 2, without a traceback."""
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"models.train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

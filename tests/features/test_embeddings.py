@@ -69,6 +69,7 @@ def test_vggish_loader_names_the_bad_key(tmp_path):
         vggish.load_vggish(tmp_path / "other.pth")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hostile file is protocol 4, on purpose
 def test_loader_never_unpickles_arbitrary_objects(tmp_path):
     import pickle
 

@@ -12,7 +12,7 @@ import torch
 
 import models
 from models.data import clip_table, collate, find_shards
-from models.train import checkpoint_dataset, clip_outputs, load_checkpoint, main, parse_args, predict
+from models.train import checkpoint_dataset, cli, clip_outputs, load_checkpoint, main, parse_args, predict
 
 AVEF = ["small_crops=true", "audio_size=67", "audio_channels=[8,16,16,16,16]", "visual_size=32",
         "visual_channels=[4,8,8,8,16,16,16,16]", "fc=32", "dbn_hidden=[16,8]", "net_epochs=1", "rbm_epochs=1"]
@@ -134,6 +134,14 @@ def test_targets_are_checked_before_training(full_store, va_store, tmp_path):
         train(va_store, "perception", PERCEPTION, tmp_path)
 
 
+def test_the_command_line_reports_a_mistake_without_a_traceback(full_store, tmp_path, capsys):
+    assert cli(["--model", "dlstm", "--dataset", "demo", "--store", str(full_store), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("models.train: error: dlstm: task='regression'") and "Traceback" not in err
+    assert cli(["--model", "avef", "--dataset", "demo", "--store", str(tmp_path / "none")]) == 2
+    assert "no shards of dataset 'demo'" in capsys.readouterr().err
+
+
 def test_a_training_part_of_one_more_than_the_batch_size(full_store, tmp_path):
     """SincNet's BatchNorm cannot train on a batch of one: the shuffled loader drops such a last
     batch (6 training clips, batch 5)."""
@@ -158,3 +166,18 @@ def test_normalised_clip_batches_keep_zeros_where_the_video_is_unusable(full_sto
         assert torch.all(x[~batch["video_ok"]] == 0)
         mean = x[ok].double().mean(dim=tuple(range(x[ok].ndim - 1)))
         assert torch.allclose(mean, torch.zeros_like(mean), atol=0.05)   # per dimension, the usable rows
+
+
+def test_the_clip_level_vggish_sequence_is_normalised(full_store):
+    from models.data import ShardDataset, fit_norm
+
+    table = clip_table(find_shards(full_store, "demo"))
+    ds = ShardDataset(table, range(len(table)), features=("vggish",), mode="clip")
+    raw = np.concatenate([it["vggish"] for it in ds.__getitems__(range(len(ds)))])
+    ds.norm = fit_norm(ds)
+    x = np.concatenate([it["vggish"] for it in ds.__getitems__(range(len(ds)))])
+    assert len(x) == len(raw) > 10 and np.abs(raw.mean(0)).max() > 1e-3
+    np.testing.assert_allclose(x.mean(0), 0, atol=1e-4)
+    live = raw.std(0) > 1e-4          # (random weights: some ReLU outputs are (almost) always 0)
+    assert live.sum() > 32
+    np.testing.assert_allclose(x.std(0)[live], 1, atol=1e-2)
