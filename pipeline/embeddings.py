@@ -292,7 +292,7 @@ class GloVe(BatchTask):
         return chain
 
     def run(self):
-        from features import store, text
+        from features import text
 
         require_file(self.path, section="GloVe", key="path", feature="glove", what="GloVe file")
         vocab, vectors = text.load_glove(self.path, cache_dir=self.cache_dir or os.path.join(self.store, "_cache", "glove"))

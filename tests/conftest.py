@@ -34,6 +34,15 @@ def speech_16k(tmp_path_factory):
     return np.concatenate([pad, y, pad])
 
 
+def write_glove(path, words, *, dim=300, seed=0):
+    """A GloVe file in the published text format ("word v1 ... vD" per line), random vectors."""
+    vecs = np.random.default_rng(seed).normal(size=(len(words), dim))
+    with open(path, "w") as f:
+        for w, v in zip(words, vecs):
+            f.write(w + " " + " ".join(f"{x:.5f}" for x in v) + "\n")
+    return path
+
+
 RAN: list[str] = []
 
 

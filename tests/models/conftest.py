@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from features import text, vggish
-from tests.conftest import DEMO, ROOT, build
+from tests.conftest import DEMO, ROOT, build, write_glove
 
 
 def link_tree(src, dst):
@@ -51,10 +51,7 @@ def emb_weights(tmp_path_factory):
     torch.save({k: torch.randn_like(v) * 0.02 for k, v in vggish.VGGish().state_dict().items()}, d / "vggish.pth")
     with open(os.path.join(DEMO, "labels.csv"), newline="") as f:
         words = sorted({w for r in csv.DictReader(f) for w in text.tokenize(r["transcript"])})
-    vecs = np.random.default_rng(0).normal(size=(len(words), 300))
-    with open(d / "glove.txt", "w") as f:
-        for w, v in zip(words, vecs):
-            f.write(w + " " + " ".join(f"{x:.5f}" for x in v) + "\n")
+    write_glove(d / "glove.txt", words)
     return d
 
 

@@ -1,6 +1,10 @@
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 
 import numpy as np
 
@@ -42,3 +46,26 @@ def make_corpus(root, *, good, bad=True):
     protocol: loso
 """)
     return manifest
+
+
+@contextlib.contextmanager
+def running_luigid(workdir):
+    """A ``luigid`` on a free loopback port, ready to take work; yields the port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.makedirs(workdir, exist_ok=True)
+    server = subprocess.Popen(["luigid", "--address", "127.0.0.1", "--port", str(port), "--logdir", str(workdir),
+                               "--state-path", os.path.join(workdir, "state")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

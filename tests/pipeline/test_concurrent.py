@@ -5,13 +5,12 @@ import os
 import socket
 import subprocess
 import time
-import urllib.request
 
 import luigi
 
 from pipeline import catalog
 from pipeline.base import atomic_path
-from tests.pipeline.conftest import build
+from tests.pipeline.conftest import build, running_luigid
 from tests.pipeline.share_helpers import all_files, corpus, popen_luigi, record, shard_paths
 
 CLIPS = ("s1_anger_01", "s2_sadness_01", "s3_happiness_01")
@@ -62,27 +61,10 @@ def test_publish_keeps_the_first_file_and_leaves_no_temporary(tmp_path):
     assert os.listdir(tmp_path / "d") == ["shard-0000.h5"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_luigid_with_two_worker_processes_computes_every_batch_once(tmp_path):
     manifest = corpus(tmp_path / "corpus", CLIPS)
-    port = _free_port()
-    (tmp_path / "luigid").mkdir()
-    server = subprocess.Popen(["luigid", "--address", "127.0.0.1", "--port", str(port), "--logdir",
-                               str(tmp_path / "luigid"), "--state-path", str(tmp_path / "luigid" / "state")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        store, log = tmp_path / "store", tmp_path / "started.log"
+    store, log = tmp_path / "store", tmp_path / "started.log"
+    with running_luigid(tmp_path / "luigid") as port:
         # --worker-keep-alive: a worker waits for the tasks the other one runs instead of leaving;
         args = ("--scheduler-host", "127.0.0.1", "--scheduler-port", str(port), "--workers", "1",
                 "--worker-keep-alive", "--no-lock")  # --no-lock: two processes on one machine
@@ -90,9 +72,6 @@ def test_luigid_with_two_worker_processes_computes_every_batch_once(tmp_path):
         for p in procs:
             out, err = p.communicate(timeout=300)
             assert p.returncode == 0, err[-3000:]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     started = [line.split(" ") for line in log.read_text().splitlines()]  # pid, family, task id
     runs = collections.Counter(task for _, _, task in started)
     assert max(runs.values()) == 1, [t for t, n in runs.items() if n > 1]

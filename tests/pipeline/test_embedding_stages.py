@@ -10,7 +10,7 @@ import torch
 
 from features import audio, embeddings, store, text, vggface, vggish
 from pipeline.embeddings import VGGish, require_file
-from tests.conftest import DEMO
+from tests.conftest import DEMO, write_glove
 from tests.pipeline.conftest import RAN, build, make_corpus
 
 GOOD = ["s1_anger_01", "s2_happiness_02"]
@@ -68,10 +68,7 @@ def weights(tmp_path_factory):
                                                  n_classes=3))
     torch.save({k: torch.randn_like(v) * 0.1 for k, v in tiny.state_dict().items()}, d / "vggface.pth")
     words = ["the", "library", "opens", "on", "monday", ",", "after", "holiday", ".", "garden", "needs"]
-    vecs = np.random.default_rng(0).normal(size=(len(words), 300))
-    with open(d / "glove.txt", "w") as f:
-        for w, v in zip(words, vecs):
-            f.write(w + " " + " ".join(f"{x:.5f}" for x in v) + "\n")
+    write_glove(d / "glove.txt", words)
     return d
 
 

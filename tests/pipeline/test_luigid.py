@@ -1,33 +1,14 @@
 import json
-import socket
 import subprocess
-import time
+import urllib.parse
 import urllib.request
 
 from tests.conftest import ROOT, cli_env
-from tests.pipeline.conftest import make_corpus
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.pipeline.conftest import make_corpus, running_luigid
 
 
 def test_build_through_a_running_luigid_reports_progress(tmp_path):
-    port = _free_port()
-    (tmp_path / "luigid").mkdir()
-    server = subprocess.Popen(["luigid", "--address", "127.0.0.1", "--port", str(port), "--logdir",
-                               str(tmp_path / "luigid"), "--state-path", str(tmp_path / "luigid" / "state")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        api = f"http://127.0.0.1:{port}/api/task_list"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(api, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+    with running_luigid(tmp_path / "luigid") as port:
         manifest = make_corpus(tmp_path / "c", good=["s1_anger_01", "s2_sadness_01"], bad=False)
         out = subprocess.run(["luigi", "--module", "pipeline", "BuildShards", "--dataset", "mini", "--manifest",
                               str(manifest), "--store", str(tmp_path / "store"), "--scheduler-host", "127.0.0.1",
@@ -36,10 +17,8 @@ def test_build_through_a_running_luigid_reports_progress(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         assert "BuildShards mini: 2 clips ok, 0 failed" in out.stdout
         query = urllib.parse.quote(json.dumps({"status": "DONE"}))
+        api = f"http://127.0.0.1:{port}/api/task_list"
         done = json.load(urllib.request.urlopen(f"{api}?data={query}", timeout=5))["response"]
         decode = [t for t in done.values() if t["name"] == "Decode"]
         assert len(done) == 12 and decode[0]["progress_percentage"] == 100  # 8 stages + 2 embeddings, PCA, BuildShards
         assert decode[0]["status_message"] == "decode batch 0: 2/2 clips done"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)

@@ -2,7 +2,6 @@
 then a teammate with their own copy of the corpus builds and downloads instead of computing."""
 import logging
 import os
-import shutil
 
 import pytest
 
