@@ -12,6 +12,7 @@ then first and second differentials (eq 2.2, N = 2) inside each 655 ms window (6
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -82,27 +83,30 @@ def mixdown(x: np.ndarray) -> np.ndarray:
 
 
 def resample(y: np.ndarray, *, orig_sr: int, sr: int) -> np.ndarray:
-    """Resample a mono signal with librosa's soxr_hq; a no-op when the rates agree."""
+    """Resample a mono signal with soxr's "HQ" filter (what ``librosa.resample(res_type="soxr_hq")``
+    calls, without importing librosa and scipy into every build); a no-op when the rates agree."""
     if orig_sr <= 0 or sr <= 0:
         raise ParameterError(f"sample rates must be positive, got orig_sr={orig_sr}, sr={sr}")
+    y = np.asarray(y, dtype=np.float32)
     if orig_sr == sr:
-        return np.asarray(y, dtype=np.float32)
-    import librosa
+        return y
+    import soxr
 
-    return librosa.resample(np.asarray(y, dtype=np.float32), orig_sr=orig_sr, target_sr=sr,
-                            res_type="soxr_hq").astype(np.float32)
+    return np.asarray(soxr.resample(y, orig_sr, sr, quality="HQ"), dtype=np.float32)
 
 
 def preemphasis(y: np.ndarray, *, coef: float = 0.97) -> np.ndarray:
-    """x_p(n) = x(n) − coef·x(n−1) with x(−1) = 0 (AVEF §2.1.1, μ = 0.97); coef = 0 is a no-op."""
+    """x_p(n) = x(n) − coef·x(n−1) with x(−1) = 0 (AVEF §2.1.1, μ = 0.97); coef = 0 is a no-op.
+
+    The same as ``librosa.effects.preemphasis(y, coef=coef, zi=0)`` (tests compare them)."""
     if not 0.0 <= coef <= 1.0:
         raise ParameterError(f"pre-emphasis coef must lie in [0, 1] (AVEF §2.1.1), got {coef}")
-    import librosa
-
     y = np.asarray(y, dtype=np.float32)
     if coef == 0.0 or y.size == 0:
         return y.copy()
-    return librosa.effects.preemphasis(y, coef=coef, zi=0.0).astype(np.float32)
+    out = y.copy()
+    out[1:] -= np.float32(coef) * y[:-1]
+    return out
 
 
 def decode(path: str | os.PathLike, *, sr: int = 16000, coef: float = 0.97) -> tuple[np.ndarray, dict]:
@@ -137,7 +141,8 @@ def logmel(*, y: np.ndarray, sr: int, n_mels: int = 64, fmin: float = 0.0, fmax:
 
     Frames are ``frame_ms`` long every ``hop_ms`` with no padding (frame t covers samples
     [t·hop, t·hop + frame)); ``n_fft`` defaults to the frame length (the rfft of the frame itself);
-    the filterbank is ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)`` (Slaney).
+    the window is the periodic Hamming window and the filterbank ``melbank`` (both equal to what
+    ``librosa.feature.melspectrogram(..., window="hamming", center=False)`` uses).
 
     Returns
     -------
@@ -156,12 +161,47 @@ def logmel(*, y: np.ndarray, sr: int, n_mels: int = 64, fmin: float = 0.0, fmax:
     y = np.asarray(y, dtype=np.float32)
     if y.size < win:
         raise ClipError("too_short", f"{y.size} samples is shorter than one {frame_ms} ms frame")
-    import librosa
+    frames = np.lib.stride_tricks.sliding_window_view(y, win)[::hop]
+    power = np.abs(np.fft.rfft(frames * hamming(win), n=n_fft, axis=1)) ** 2
+    return np.log(power.astype(np.float32) @ melbank(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).T
+                  + np.float32(floor)).astype(np.float32)
 
-    M = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=n_fft, hop_length=hop, win_length=win,
-                                       window="hamming", center=False, power=2.0,
-                                       n_mels=n_mels, fmin=fmin, fmax=fmax)
-    return np.log(M + floor).T.astype(np.float32)
+
+@functools.lru_cache(maxsize=8)
+def hamming(n: int) -> np.ndarray:
+    """The periodic Hamming window of ``n`` samples (``scipy.signal.get_window("hamming", n)``, as
+    librosa's STFT uses it): 0.54 − 0.46·cos(2πk/n), k = 0..n−1."""
+    return (0.54 - 0.46 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
+
+
+def _hz_to_mel(f):
+    """Slaney's mel scale (Auditory Toolbox; librosa's default, ``htk=False``): linear below
+    1 kHz (200/3 Hz per mel), logarithmic above (27 mels per factor 6.4)."""
+    f = np.asarray(f, dtype=np.float64)
+    lin, logstep = f / (200.0 / 3), np.log(6.4) / 27.0
+    return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / logstep, lin)
+
+
+def _mel_to_hz(m):
+    m = np.asarray(m, dtype=np.float64)
+    return np.where(m >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (m - 15.0)), m * 200.0 / 3)
+
+
+@functools.lru_cache(maxsize=8)
+def melbank(*, sr: int, n_fft: int, n_mels: int = 64, fmin: float = 0.0, fmax: float = 8000.0) -> np.ndarray:
+    """The (n_mels, 1 + n_fft // 2) triangular mel filterbank of AVEF eq 2.1: Slaney mel scale and
+    Slaney area normalisation, equal to ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels,
+    fmin=fmin, fmax=fmax)`` (a test compares them); written out so a build does not import librosa
+    (and scipy.signal, numba) in every process: several seconds of start-up on this machine."""
+    fft_f = np.fft.rfftfreq(n_fft, d=1.0 / sr)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    ramps = mel_f[:, None] - fft_f[None, :]
+    fdiff = np.diff(mel_f)[:, None]
+    lower, upper = -ramps[:-2] / fdiff[:-1], ramps[2:] / fdiff[1:]
+    weights = np.maximum(0.0, np.minimum(lower, upper)) * (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 def deltas(S: np.ndarray, *, N: int = 2, axis: int = -2) -> np.ndarray:
@@ -213,7 +253,7 @@ def warm_up() -> None:
     """Import and JIT everything the audio chain uses, once, on a tiny signal.
 
     Called in the scheduling process before Luigi forks its workers, so that each task does not
-    pay librosa's lazy imports again (about 2 s per process).
+    pay the imports of PyAV, soxr, webrtcvad and parselmouth again.
     """
     from features.prosody import prosodic_units
     from features.vad import vad_weights

@@ -146,18 +146,33 @@ def check_state_dict(model, state: dict, *, path: str, keys_doc: str) -> None:
 
 
 # -- the raw waveform (SincNet input) -----------------------------------------------------------
-def deemphasis(y: np.ndarray, *, coef: float = 0.97) -> np.ndarray:
+def deemphasis(y: np.ndarray, *, coef: float = 0.97, block: int = 64) -> np.ndarray:
     """Undo pre-emphasis: x(n) = y(n) + coef·x(n−1), x(−1) = 0, the exact inverse of
     ``features.audio.preemphasis`` (AVEF §2.1.1). A one-pole IIR filter (pole at ``coef`` < 1, so
-    float rounding does not grow), computed in float64. ``coef = 0`` returns a copy."""
-    from scipy.signal import lfilter
+    float rounding does not grow), computed in float64; equal to ``scipy.signal.lfilter([1],
+    [1, -coef], y)`` (a test compares them) without importing scipy.signal (seconds of start-up
+    in every build process). ``coef = 0`` returns a copy.
 
+    Block form: cut y into rows of ``block`` samples; inside a row x = T·y_row + c^(k+1)·x_prev with
+    T[i, j] = c^(i−j) (i ≥ j), so one matrix product gives every row's zero-state response and a
+    short loop over rows carries the state."""
     if not 0.0 <= coef < 1.0:
         raise ParameterError(f"coef must lie in [0, 1), got {coef}")
     y = np.asarray(y, dtype=np.float64)
     if coef == 0.0 or y.size == 0:
         return y.astype(np.float32)
-    return lfilter([1.0], [1.0, -coef], y).astype(np.float32)
+    n, k = y.size, np.arange(block)
+    rows = np.zeros(-(-n // block) * block)
+    rows[:n] = y
+    rows = rows.reshape(-1, block)
+    lag = k[:, None] - k[None, :]
+    T = np.where(lag >= 0, coef ** np.maximum(lag, 0), 0.0)
+    Z = rows @ T.T
+    cb, last, carry = coef ** block, Z[:, -1].tolist(), [0.0]
+    for z in last[:-1]:  # x at the end of row r = its zero-state end + c^block · x at the end of row r−1
+        carry.append(z + cb * carry[-1])
+    Z += np.asarray(carry)[:, None] * (coef ** (k + 1))[None, :]
+    return Z.reshape(-1)[:n].astype(np.float32)
 
 
 def sincnet_waveform(*, y: np.ndarray, normalize: str = "peak") -> np.ndarray:

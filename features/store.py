@@ -63,9 +63,10 @@ CHUNK_BYTES = 256 * 1024
 # who can read it: gzip (every HDF5 reader has it) with shuffle, 5.9 kB per window against
 # 13.3 kB uncompressed and 6.5 kB with lzf (h5py-only).
 COMPRESSION = {"f": "gzip", "i": "gzip", "u": "gzip", "O": None, "S": None}
-# For bulky intermediate files that never leave the machine (the decoded waveform): lzf is ~5x
-# faster to write than gzip.
-SCRATCH_COMPRESSION = {"f": "lzf", "i": "lzf", "u": "lzf", "O": None, "S": None}
+# For bulky intermediate files that never leave the machine (the decoded waveform, read by four
+# stages): no filter. lzf saved only ~10 % on float samples and cost a compression on write and a
+# decompression on each of the four reads (bench/bench_audio_chain.py).
+SCRATCH_COMPRESSION = {"f": None, "i": None, "u": None, "O": None, "S": None}
 STR = None  # set lazily: h5py.string_dtype("utf-8")
 
 

@@ -9,6 +9,7 @@ each output (``<stage>/<digest>/stage.json``) and into its HDF5 attributes.
 from __future__ import annotations
 
 import datetime
+import functools
 import getpass
 import hashlib
 import json
@@ -47,6 +48,11 @@ def n_batches(n_clips: int, batch_size: int) -> int:
 
 
 def library_versions() -> dict:
+    return dict(_library_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict:  # importlib.metadata scans site-packages: ~25 ms a call
     out = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:

@@ -55,6 +55,48 @@ def test_logmel_matches_eq_2_1_computed_directly():
         np.testing.assert_allclose(S[t], np.log(melbank @ power + 0.01), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmin,fmax", [(16000, 400, 64, 0.0, 8000.0), (16000, 512, 64, 125.0, 7500.0),
+                                                       (8000, 200, 40, 0.0, 4000.0), (22050, 1024, 128, 30.0, 11025.0)])
+def test_melbank_equals_librosa_slaney_filterbank(sr, n_fft, n_mels, fmin, fmax):
+    import librosa
+
+    from features.audio import melbank
+
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    np.testing.assert_allclose(melbank(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax), ref,
+                               rtol=1e-5, atol=1e-8)
+
+
+def test_front_end_equals_librosa():
+    """The build avoids importing librosa; its pieces equal librosa's: soxr_hq resampling,
+    pre-emphasis with zi = 0, and melspectrogram with a periodic Hamming window, no centring."""
+    import librosa
+
+    rng = np.random.default_rng(3)
+    x = (0.1 * rng.standard_normal(48000 * 2)).astype(np.float32)
+    y = resample(x, orig_sr=48000, sr=16000)
+    np.testing.assert_allclose(y, librosa.resample(x, orig_sr=48000, target_sr=16000, res_type="soxr_hq"),
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(preemphasis(y, coef=0.97), librosa.effects.preemphasis(y, coef=0.97, zi=0.0),
+                               rtol=1e-6, atol=1e-7)
+    M = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=400, hop_length=160, win_length=400, window="hamming",
+                                       center=False, power=2.0, n_mels=64, fmin=0.0, fmax=8000.0)
+    np.testing.assert_allclose(logmel(y=y, sr=16000), np.log(M + 0.01).T, rtol=1e-5, atol=1e-5)
+
+
+def test_the_audio_chain_does_not_import_librosa_or_scipy():
+    """Several seconds of start-up per build on a 2-core machine (bench/bench_audio_chain.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from features.audio import warm_up; warm_up();"
+            "from features.embeddings import deemphasis; deemphasis(np.ones(100));"
+            "print(sorted(m for m in ('librosa', 'scipy', 'numba') if m in sys.modules))")
+    root = __file__.rsplit("/tests/", 1)[0]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[]"
+
+
 def test_logmel_of_silence_is_log_of_the_floor():
     S = logmel(y=np.zeros(16000, np.float32), sr=16000)
     np.testing.assert_allclose(S, np.log(0.01), rtol=1e-6)

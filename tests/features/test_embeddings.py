@@ -209,6 +209,16 @@ def test_deemphasis_inverts_preemphasis():
     assert np.array_equal(embeddings.sincnet_waveform(y=np.zeros(5), normalize="peak"), np.zeros(5))
 
 
+@pytest.mark.parametrize("coef", [0.5, 0.97, 0.999])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 16001])
+def test_deemphasis_equals_scipy_lfilter(coef, n):
+    import scipy.signal
+
+    y = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    ref = scipy.signal.lfilter([1.0], [1.0, -coef], y.astype(np.float64))
+    np.testing.assert_allclose(embeddings.deemphasis(y, coef=coef), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 def test_device_and_precision_rules():
     assert embeddings.pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert embeddings.autocast_dtype("fp32", "cpu") is None
