@@ -122,12 +122,20 @@ class _Track:
 
 def track_faces(frames: Iterable[np.ndarray], *, detector: Callable[[np.ndarray], np.ndarray],
                 detect_every: int = 5, scale: float = 0.5, max_gap: int = 5,
-                min_iou: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                min_iou: float = 0.3, full_every: int | None = None,
+                roi_margin: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The subject's face box in every frame: detect every few frames, track in between.
 
     ``detector(frame_rgb) -> (k, 4 or 5)`` (e.g. ``make_detector("hog")``) runs on the frame
     downscaled by ``scale`` at frame 0, ``detect_every`` frames after its last run, and whenever
     a followed face is lost or none is followed (a face-less clip costs a detection per frame).
+    With ``full_every`` set, a whole frame is searched only at least every ``full_every``
+    frames; the re-detections in between search a region around each followed face: its box
+    grown by ``roi_margin`` × its side on every side, at the same ``scale`` (the detector sees
+    the face as in a whole-frame run). On 854×480 frames (face ~170 px, ``scale`` 0.375) HOG
+    with ``upsample=1`` takes 14 ms there against 48 ms for the whole frame. A region with no
+    face falls back to a whole-frame search in that frame, so a face still ends only where the
+    whole-frame search misses it; faces that come into view are found at the whole-frame runs.
     In between, faces are followed by normalised cross-correlation of their last detected patch
     (``cv2.matchTemplate``, ~0.4 ms for a 100 px face; ``dlib.correlation_tracker`` was no more
     accurate at ~4 ms). A detection continues the face it overlaps most (IoU >= ``min_iou``;
@@ -149,16 +157,22 @@ def track_faces(frames: Iterable[np.ndarray], *, detector: Callable[[np.ndarray]
     if detect_every < 1 or max_gap < 0 or not 0 < scale <= 1:
         raise ParameterError(f"need detect_every >= 1, max_gap >= 0 and 0 < scale <= 1, got "
                              f"{detect_every}, {max_gap}, {scale}")
-    tracks, last_run, n = [], None, 0
+    if full_every is not None and full_every < 1 or roi_margin < 0:
+        raise ParameterError(f"need full_every >= 1 (or None) and roi_margin >= 0, got {full_every}, {roi_margin}")
+    tracks, last_run, last_full, n = [], None, None, 0
     for n, frame in enumerate(frames, start=1):
         i = n - 1
         gray = _shrink(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), scale)
         active = [t for t in tracks if t.active]
         lost = not all([t.follow(gray) for t in active])
         if not active or lost or i - last_run >= detect_every:
-            last_run = i
-            found = np.asarray(detector(_shrink(frame, scale)), np.float64)
-            found = found.reshape(-1, found.shape[-1] if found.ndim == 2 else 4)[:, :4]
+            last_run, found = i, None
+            if active and not lost and full_every is not None and i - last_full < full_every:
+                found = _detect_around(frame, [t.last / scale for t in active], detector,
+                                       scale=scale, margin=roi_margin)
+            if found is None:
+                last_full = i
+                found = _boxes(detector(_shrink(frame, scale)))
             for t, box in _associate(tracks, found, min_iou):
                 if t is None:
                     tracks.append(t := _Track())
@@ -173,6 +187,35 @@ def track_faces(frames: Iterable[np.ndarray], *, detector: Callable[[np.ndarray]
             boxes[i] = np.asarray(box) / scale
     interpolated = _fill_gaps(boxes, ~np.isnan(boxes[:, 0]), max_gap)
     return boxes.astype(np.float32), ~np.isnan(boxes[:, 0]), interpolated
+
+
+def _boxes(detections) -> np.ndarray:
+    """(k, 4) float64 boxes of a detector's (k, 4 or 5) answer (a list of rows or an array)."""
+    found = np.asarray(detections, np.float64)
+    return found.reshape(-1, found.shape[-1] if found.ndim == 2 else 4)[:, :4]
+
+
+def _detect_around(frame, boxes, detector, *, scale, margin):
+    """Detections (k, 4) in pixels of the frame downscaled by ``scale``, searched in a region of
+    ``frame`` around each box (full-frame pixels) downscaled by ``scale``; de-duplicated (IoU >
+    0.5 keeps the first); None when some region holds no face."""
+    h, w = frame.shape[:2]
+    out = []
+    for box in boxes:
+        side = max(box[2] - box[0], box[3] - box[1], 1.0)
+        x0, y0 = (max(0, int(np.floor(v - margin * side))) for v in box[:2])
+        x1, y1 = min(w, int(np.ceil(box[2] + margin * side))), min(h, int(np.ceil(box[3] + margin * side)))
+        if min(x1 - x0, y1 - y0) * scale < 8:
+            return None
+        found = _boxes(detector(_shrink(frame[y0:y1, x0:x1], scale)))
+        if not len(found):
+            return None
+        out.extend(found + np.array([x0, y0, x0, y0]) * scale)
+    kept = []
+    for b in out:
+        if all(_iou(b, k) <= 0.5 for k in kept):
+            kept.append(b)
+    return np.array(kept).reshape(-1, 4)
 
 
 def _shrink(image: np.ndarray, scale: float) -> np.ndarray:

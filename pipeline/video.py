@@ -19,10 +19,12 @@ class Faces(BatchTask):
     """Decode video, detect and track the subject's face, 68 landmarks, crops, 49-point shape."""
 
     STAGE = "faces"
-    CODE_VERSION = "2"  # 2: frame times on the audio clock; bilinear downscaling for detection; lzf crops
+    CODE_VERSION = "3"  # 2: frame times on the audio clock; bilinear downscaling for detection; lzf crops
+    #                     3: re-detection around the followed face, the whole frame every full_every
     detector = luigi.ChoiceParameter(default="hog", choices=["hog", "cnn", "opencv"],
                                      description="dlib HOG, dlib MMOD CNN or OpenCV Haar face detector")
-    detect_every = luigi.IntParameter(default=10, description="detect every k-th frame, track in between (10: landmarks within 1 px of detecting every frame at p95 on 854×480 demo encodes)")
+    detect_every = luigi.IntParameter(default=10, description="detect every k-th frame, track in between")
+    full_every = luigi.IntParameter(default=30, description="search the whole frame at least every k-th frame; the re-detections in between search around the followed face (0: always the whole frame)")
     detect_width = luigi.IntParameter(default=320, description="frames wider than this are downscaled to it for detection")
     upsample = luigi.IntParameter(default=1, description="times dlib doubles the detection image (1: faces >= 40 px)")
     max_gap = luigi.IntParameter(default=5, description="longest face gap (frames) filled by interpolation")
@@ -47,7 +49,7 @@ class Faces(BatchTask):
             frames, times, info = video.read_video(clip.path, fps=fps)
             boxes, found, interpolated = face.track_faces(frames, detector=detect, detect_every=self.detect_every,
                                                           scale=min(1.0, self.detect_width / frames.shape[2]),
-                                                          max_gap=self.max_gap)
+                                                          max_gap=self.max_gap, full_every=self.full_every or None)
             if not found.any():
                 raise ClipError("no_face", f"no face in any of the {len(frames)} frames")
             lm = landmarks.landmarks68_batch(frames, boxes, found, predictor=predictor)

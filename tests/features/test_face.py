@@ -271,6 +271,83 @@ def test_a_face_seen_again_after_a_miss_is_the_same_face():
     np.testing.assert_allclose(boxes[15:], truth[15:, 0], atol=1.01)
 
 
+def bright(image):
+    """A detector for ``scene`` that works on any crop or scale: the box of the face pixels
+    (textures are >= 100, the background and the frame-index block < 100)."""
+    ys, xs = np.nonzero(image.max(-1) >= 100)
+    return np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, 1.0]]) if len(xs) else np.zeros((0, 5))
+
+
+def test_redetection_searches_around_the_face_between_whole_frame_runs():
+    faces = [(20, 30, 40, 1.5, 0.5, ALWAYS)]
+    frames, truth = scene(40, faces)
+    shapes = []
+
+    def det(image):
+        shapes.append(image.shape[:2])
+        return bright(image)
+
+    boxes, found, _ = track_faces(frames, detector=det, detect_every=5, full_every=20, scale=1.0)
+    # detections at 0, 5, ..., 35: the whole frame at 0 and 20, a region around the face otherwise
+    whole = [s == (120, 160) for s in shapes]
+    assert whole == [True, False, False, False] * 2
+    # the region: the 40 px box grown by half its side each way (clipped by the frame edges)
+    assert all(max(s) <= 81 and min(s) >= 60 for s, w in zip(shapes, whole) if not w)
+    assert found.all()
+    np.testing.assert_allclose(boxes, truth[:, 0], atol=1.01)
+    plain, _, _ = track_faces(frames, detector=bright, detect_every=5, scale=1.0)
+    np.testing.assert_allclose(boxes, plain, atol=1.01)  # the same boxes as whole-frame runs
+
+
+def test_redetection_at_half_scale_reports_full_frame_pixels():
+    faces = [(20, 30, 40, 2.0, 1.0, ALWAYS)]
+    frames, truth = scene(20, faces)
+    shapes = []
+
+    def det(image):
+        shapes.append(image.shape[:2])
+        return bright(image)
+
+    boxes, found, _ = track_faces(frames, detector=det, scale=0.5, detect_every=5, full_every=30)
+    assert shapes[0] == (60, 80) and all(max(s) <= 42 for s in shapes[1:]) and len(shapes) == 4
+    assert found.all()
+    np.testing.assert_allclose(boxes, truth[:, 0], atol=2.01)  # one half-size pixel
+
+
+def test_a_region_without_the_face_falls_back_to_the_whole_frame():
+    faces = [(20, 30, 40, 1.5, 0.5, ALWAYS)]
+    frames, truth = scene(30, faces)
+    calls, shapes = [], []
+    whole = oracle(truth, faces, calls=calls)  # reads the frame index: whole frames only
+
+    def det(image):
+        shapes.append(image.shape[:2])
+        return whole(image) if image.shape[:2] == (120, 160) else np.zeros((0, 5))
+
+    boxes, found, _ = track_faces(frames, detector=det, detect_every=5, full_every=30, scale=1.0)
+    assert calls == list(range(0, 30, 5))  # each missed region is searched again as a whole frame
+    assert shapes == [(120, 160)] + [(s := shapes[1]), (120, 160)] * 5 and s != (120, 160)
+    plain, _, _ = track_faces(frames, detector=oracle(truth, faces), detect_every=5, scale=1.0)
+    np.testing.assert_array_equal(boxes, plain)
+
+
+def test_redetection_on_the_demo_clip(demo, hog):
+    sizes = []
+
+    def counting(image):
+        sizes.append(image.shape[:2])
+        return hog(image)
+
+    boxes, found, _ = track_faces(demo, detector=counting, scale=1.0, detect_every=10, full_every=30)
+    plain, plain_found, _ = track_faces(demo, detector=hog, scale=1.0, detect_every=10)
+    full = sum(s == demo.shape[1:3] for s in sizes)
+    assert full <= len(demo) // 30 + 3 and full < len(sizes)  # most re-detections search a region
+    assert found.mean() >= 0.9
+    both = np.flatnonzero(found & plain_found)
+    from features.face import _iou
+    assert min(_iou(boxes[i], plain[i]) for i in both) > 0.6  # the same face as whole-frame runs
+
+
 def test_no_face_at_all():
     frames, _ = scene(8, [])
     calls = []
@@ -281,7 +358,7 @@ def test_no_face_at_all():
 
 
 @pytest.mark.parametrize("kwargs", [{"detect_every": 0}, {"scale": 0.0}, {"scale": 1.5},
-                                    {"max_gap": -1}])
+                                    {"max_gap": -1}, {"full_every": 0}, {"roi_margin": -0.1}])
 def test_track_parameter_rules(kwargs):
     with pytest.raises(ParameterError):
         track_faces(np.zeros((2, 8, 8, 3), np.uint8), detector=lambda im: [], **kwargs)
