@@ -16,7 +16,9 @@ Measured:
 * ``task_breakdown`` (``--no-diagnose`` skips it): the same build into a fresh store through
   ``bench/_timed_luigi.py`` (task start / end events), so the ``Faces`` task time is separate.
 * ``stages_in_process``: ms per video frame of each step of the ``Faces`` task, in a fresh process
-  on three of the encodes with the task's defaults (cold = first clip, warm = median of the rest).
+  on three of the encodes with the task's defaults (cold = first clip, warm = median of the rest),
+  and detect/track once more with every re-detection over the whole frame (``full_every=None``),
+  interleaved, so ``detect_track_speedup_from_regions`` is a ratio measured side by side.
 * ``storage``: bytes per hour of video in the shards: ``video/crop``, ``video/crop_small`` (HDF5
   storage size, lzf as written), the whole shard files, and the whole store (every
   stage's outputs, e.g. the ``Faces`` batch files, which hold the crops as well).
