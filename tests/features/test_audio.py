@@ -210,3 +210,23 @@ def test_deltas_equal_librosa_delta_with_nearest_edges():
     np.testing.assert_allclose(out[..., 1], d1, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out[..., 2], librosa.feature.delta(d1, width=5, axis=-2, mode="nearest"),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_float_planar_streams_read_as_through_the_resampler():
+    """AAC decodes to float planar: read_audio takes those frames as they are, which must equal
+    the samples that PyAV's resampler to fltp gives."""
+    import os
+
+    import av
+
+    path = os.path.join(os.path.dirname(__file__), "..", "data", "demo", "clips", "s1_anger_01.mp4")
+    x, sr = read_audio(path)
+    with av.open(path) as c:
+        stream = c.streams.audio[0]
+        assert stream.format.name == "fltp" and stream.channels == 2
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+        chunks = [o.to_ndarray() for f in c.decode(stream) for o in resampler.resample(f)]
+        chunks += [o.to_ndarray() for o in resampler.resample(None)]
+    ref = np.concatenate(chunks, axis=1)
+    assert sr == 48000 and x.shape == ref.shape
+    np.testing.assert_array_equal(x, ref)

@@ -56,3 +56,20 @@ def test_silent_and_too_short_audio():
     assert err.value.status == "too_short"
     with pytest.raises(ParameterError):
         prosodic_units(y=np.ones(16000), sr=16000, silence_db=5.0)
+
+
+def test_silence_intervals_are_praats_to_textgrid_silences(speech_16k):
+    """The unit boundaries that are not F0-reset cuts are the interval edges of Praat's own
+    ``To TextGrid (silences)`` (read one by one here, with ``Get ... of interval``)."""
+    import parselmouth
+    from parselmouth.praat import call
+
+    sound = parselmouth.Sound(np.asarray(speech_16k, np.float64), sampling_frequency=16000)
+    grid = call(sound.to_intensity(minimum_pitch=100.0, time_step=0.01), "To TextGrid (silences)",
+                -25.0, 0.10, 0.05, "silent", "sounding")
+    n = int(call(grid, "Get number of intervals", 1))
+    edges = [call(grid, "Get end time of interval", 1, i) for i in range(1, n)]
+    silent = [call(grid, "Get label of interval", 1, i) == "silent" for i in range(1, n + 1)]
+    units = prosodic_units(y=speech_16k, sr=16000, reset_st=1e9)  # no F0-reset cuts
+    np.testing.assert_allclose(units[1:, 0], edges, rtol=0, atol=1e-12)
+    assert list(units[:, 2] == SILENCE) == silent
