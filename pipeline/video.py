@@ -19,8 +19,9 @@ class Faces(BatchTask):
     """Decode video, detect and track the subject's face, 68 landmarks, crops, 49-point shape."""
 
     STAGE = "faces"
-    CODE_VERSION = "3"  # 2: frame times on the audio clock; bilinear downscaling for detection; lzf crops
+    CODE_VERSION = "4"  # 2: frame times on the audio clock; bilinear downscaling for detection; lzf crops
     #                     3: re-detection around the followed face, the whole frame every full_every
+    #                     4: regions of a quarter side margin; after a miss, the region where the face was
     detector = luigi.ChoiceParameter(default="hog", choices=["hog", "cnn", "opencv"],
                                      description="dlib HOG, dlib MMOD CNN or OpenCV Haar face detector")
     detect_every = luigi.IntParameter(default=10, description="detect every k-th frame, track in between")

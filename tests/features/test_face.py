@@ -291,12 +291,35 @@ def test_redetection_searches_around_the_face_between_whole_frame_runs():
     # detections at 0, 5, ..., 35: the whole frame at 0 and 20, a region around the face otherwise
     whole = [s == (120, 160) for s in shapes]
     assert whole == [True, False, False, False] * 2
-    # the region: the 40 px box grown by half its side each way (clipped by the frame edges)
-    assert all(max(s) <= 81 and min(s) >= 60 for s, w in zip(shapes, whole) if not w)
+    # the region: the 40 px box grown by a quarter of its side each way (roi_margin 0.25)
+    assert all(max(s) <= 61 and min(s) >= 55 for s, w in zip(shapes, whole) if not w)
     assert found.all()
     np.testing.assert_allclose(boxes, truth[:, 0], atol=1.01)
     plain, _, _ = track_faces(frames, detector=bright, detect_every=5, scale=1.0)
     np.testing.assert_allclose(boxes, plain, atol=1.01)  # the same boxes as whole-frame runs
+
+
+def test_a_face_missed_for_a_few_frames_is_searched_for_where_it_was():
+    # the face vanishes in frames 12-14 (motion blur, say): the frame after the whole-frame search
+    # that ends it, the detector looks around its last box, not at the whole frame
+    faces = [(20, 30, 40, 1.5, 0.5, lambda i: not 12 <= i < 15)]
+    frames, truth = scene(30, faces)
+    shapes = []
+
+    def det(image):
+        shapes.append(image.shape[:2])
+        return bright(image)
+
+    boxes, found, interpolated = track_faces(frames, detector=det, detect_every=10, full_every=30,
+                                             scale=1.0, max_gap=5)
+    whole = [s == (120, 160) for s in shapes]
+    # frame 0 whole; 10 region; 12 region (lost), empty, then whole; 13, 14, 15 regions; 25 region
+    assert whole == [True, False, False, True, False, False, False, False]
+    assert found.all() and interpolated[12:15].all() and not interpolated[15:].any()
+    np.testing.assert_allclose(boxes[15:], truth[15:, 0], atol=1.01)
+    plain, _, plain_interp = track_faces(frames, detector=bright, detect_every=10, scale=1.0, max_gap=5)
+    np.testing.assert_allclose(boxes, plain, atol=1.01)  # the boxes of whole-frame searches
+    np.testing.assert_array_equal(interpolated, plain_interp)
 
 
 def test_redetection_at_half_scale_reports_full_frame_pixels():
