@@ -190,9 +190,11 @@ def sincnet_waveform(*, y: np.ndarray, normalize: str = "peak") -> np.ndarray:
 
 
 # -- dlib's ResNet face descriptor ----------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def load_face_descriptor():
     """(``dlib.face_recognition_model_v1``, 5-point ``dlib.shape_predictor``) with the weights of
-    the ``face-recognition-models`` package (located, not imported: ``features.face.model_path``)."""
+    the ``face-recognition-models`` package (located, not imported: ``features.face.model_path``);
+    loaded once per process (both are read-only)."""
     import dlib
 
     from features.face import model_path

@@ -55,16 +55,25 @@ def landmarks68(frame_rgb: np.ndarray, box, *, predictor) -> np.ndarray:
     np.ndarray, shape (68, 2), float32 — (x, y) in pixels of the frame, iBUG 300-W point order
     """
     import dlib
-    frame_rgb = np.ascontiguousarray(frame_rgb, dtype=np.uint8)
+    frame_rgb = np.asarray(frame_rgb)
     if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3:
         raise ParameterError(f"frame_rgb must have shape (height, width, 3), got {frame_rgb.shape}")
     x0, y0, x1, y1 = (int(round(float(v))) for v in box)
     if x1 <= x0 or y1 <= y0:
         raise ParameterError(f"box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0, got {list(box)}")
-    shape = predictor(frame_rgb, dlib.rectangle(x0, y0, x1, y1))
+    # dlib reads a dense copy; the predictor only looks near the box, so copy the box grown by
+    # half its side on every side, not the whole frame (the same points: tests)
+    r = (max(x1 - x0, y1 - y0) + 1) // 2
+    h, w = frame_rgb.shape[:2]
+    ox, oy = min(max(0, x0 - r), w), min(max(0, y0 - r), h)
+    region = frame_rgb[oy:min(h, y1 + r), ox:min(w, x1 + r)]
+    if region.size == 0:  # a box off the frame: the frame itself
+        region, ox, oy = frame_rgb, 0, 0
+    region = np.ascontiguousarray(region, dtype=np.uint8)
+    shape = predictor(region, dlib.rectangle(x0 - ox, y0 - oy, x1 - ox, y1 - oy))
     if shape.num_parts != 68:
         raise ParameterError(f"predictor must give 68 points, it gives {shape.num_parts}")
-    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+    return np.array([(p.x + ox, p.y + oy) for p in shape.parts()], dtype=np.float32)
 
 
 def landmarks68_batch(frames: np.ndarray, boxes: np.ndarray, found: np.ndarray, *,

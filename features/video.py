@@ -39,7 +39,9 @@ def iter_video(path: str | os.PathLike, *, fps: float | None = None, max_frames:
     t : float, seconds from the start of the audio stream (pts × time_base − the audio stream's
         start time), or of the video stream when the file has no audio; frames that precede the
         audio have negative times
-    frame : np.ndarray, shape (H, W, 3), uint8 RGB, C-contiguous, rotated upright
+    frame : np.ndarray, shape (H, W, 3), uint8 RGB, rotated upright; as ffmpeg decoded it, so its
+        rows may be padded (``strides[0]`` > 3·W when ffmpeg aligns the lines, e.g. W = 854):
+        OpenCV takes it as it is, ``np.ascontiguousarray`` makes a dense copy
 
     Raises ``ClipError`` with status ``decode_error`` (unreadable or zero-byte file, or the first
     frame cannot be decoded), ``no_video_stream``, ``truncated`` (decoding fails part-way, or stops
@@ -104,13 +106,15 @@ def _frames(path, *, fps, max_frames, info):
                                          f"{info['duration_s']:.2f} s")
 
 
-def read_video(path: str | os.PathLike, *, fps: float | None = None,
-               max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def read_video(path: str | os.PathLike, *, fps: float | None = None, max_frames: int | None = None,
+               as_list: bool = False) -> tuple[np.ndarray | list[np.ndarray], np.ndarray, dict]:
     """Decode a whole clip into memory (see ``iter_video`` for the rules and errors).
 
     Returns
     -------
-    frames : np.ndarray, shape (n, H, W, 3), uint8 RGB, upright (rotation metadata applied)
+    frames : np.ndarray, shape (n, H, W, 3), uint8 RGB, C-contiguous, upright (rotation metadata
+        applied); with ``as_list`` a list of the n (H, W, 3) frames as ``iter_video`` yields them
+        (rows maybe padded), not copied into one array
     times : np.ndarray, shape (n,), float64 seconds from the stream start, from the pts
     info : dict
         ``fps`` (the stream's average frame rate, or the ``fps`` argument), ``width`` and
@@ -119,6 +123,9 @@ def read_video(path: str | os.PathLike, *, fps: float | None = None,
         stream's declared duration, or the decoded span when the file declares none).
     """
     info: dict = {}
+    if as_list:
+        decoded = list(iter_video(path, fps=fps, max_frames=max_frames, info=info))
+        return [image for _, image in decoded], np.array([t for t, _ in decoded], dtype=np.float64), info
     frames = None
     times = []
     for i, (t, image) in enumerate(iter_video(path, fps=fps, max_frames=max_frames, info=info)):

@@ -187,6 +187,11 @@ class FaceDescriptor(BatchTask):
     def requires(self):
         return {"faces": self.clone(Faces)}
 
+    def warm_up(self):
+        from features.embeddings import load_face_descriptor
+
+        load_face_descriptor()
+
     def run(self):
         from features import store, video
         from features.embeddings import face_chips, face_descriptors, load_face_descriptor
@@ -194,7 +199,7 @@ class FaceDescriptor(BatchTask):
 
         if self.every < 1:
             raise ParameterError(f"[FaceDescriptor] every must be >= 1, got {self.every}")
-        model, predictor = load_face_descriptor()
+        model, predictor = load_face_descriptor()  # cached; loaded by warm_up before workers fork
         faces_task = self.requires()["faces"]
         faces = read_input(faces_task, "video/box", "video/found", "video/offsets")
         fps = get_dataset(self.manifest, self.dataset).video_fps

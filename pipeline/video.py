@@ -5,6 +5,7 @@ Chao §3.1 (49 landmarks, per-clip normalisation, PCA whitening to 20 dimensions
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import luigi
@@ -13,6 +14,14 @@ import numpy as np
 from pipeline.audio import Segment, clip_rows, clip_table, read_input
 from pipeline.base import BatchTask, logger, n_batches
 from pipeline.manifest import get_dataset
+
+
+@functools.lru_cache(maxsize=4)
+def face_models(detector: str, upsample: int):
+    """(face detector, dlib 68-point predictor), loaded once per process (``BatchTask.warm_up``)."""
+    from features import face, landmarks
+
+    return face.make_detector(detector, upsample=upsample), landmarks.load_predictor(68)
 
 
 class Faces(BatchTask):
@@ -36,20 +45,22 @@ class Faces(BatchTask):
     def own_params(self) -> dict:  # the manifest's frame-rate override changes the outputs too
         return {**super().own_params(), "video_fps": get_dataset(self.manifest, self.dataset).video_fps}
 
+    def warm_up(self):
+        face_models(self.detector, self.upsample)
+
     def run(self):
         from features import face, landmarks, store, video
         from features.errors import ClipError
 
         fps = get_dataset(self.manifest, self.dataset).video_fps
-        detect = face.make_detector(self.detector, upsample=self.upsample)
-        predictor = landmarks.load_predictor(68)
+        detect, predictor = face_models(self.detector, self.upsample)
 
         def one(i, clip):
             if clip.path is None:
                 raise ClipError("missing_file", "no file under the root matches this clip id")
-            frames, times, info = video.read_video(clip.path, fps=fps)
+            frames, times, info = video.read_video(clip.path, fps=fps, as_list=True)
             boxes, found, interpolated = face.track_faces(frames, detector=detect, detect_every=self.detect_every,
-                                                          scale=min(1.0, self.detect_width / frames.shape[2]),
+                                                          scale=min(1.0, self.detect_width / frames[0].shape[1]),
                                                           max_gap=self.max_gap, full_every=self.full_every or None)
             if not found.any():
                 raise ClipError("no_face", f"no face in any of the {len(frames)} frames")

@@ -459,6 +459,20 @@ def test_crop_of_the_whole_frame_is_cv2_resize():
         assert np.abs(out.astype(int) - ref.astype(int))[..., :2].max() <= 2
 
 
+def test_crop_reads_padded_rows_and_other_layouts_alike():
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    padded = np.zeros((90, 136, 3), np.uint8)[:, :120]  # rows padded, as ffmpeg decodes 854 px frames
+    padded[:] = frame
+    box = (10.5, 5.0, 80.0, 74.5)
+    ref = crop(frame, box, size=72)
+    np.testing.assert_array_equal(crop(padded, box, size=72), ref)
+    np.testing.assert_array_equal(crop(np.asfortranarray(frame), box, size=72), ref)  # copied first
+    upside = np.flip(np.ascontiguousarray(frame[::-1]), 0)  # the same pixels, negative row stride
+    assert upside.strides[0] < 0
+    np.testing.assert_array_equal(crop(upside, box, size=72), ref)
+
+
 def test_crop_partly_outside_the_frame():
     rng = np.random.default_rng(3)
     frame = rng.integers(1, 256, (100, 100, 3), dtype=np.uint8)

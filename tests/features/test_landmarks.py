@@ -68,6 +68,28 @@ def test_landmarks68_on_a_real_face(faces, predictor):
         assert pts[17:27, 1].mean() < pts[36:48, 1].mean()         # brows above eyes
 
 
+def test_landmarks68_equal_dlib_on_the_whole_frame(faces, predictor):
+    """landmarks68 hands dlib only the region around the box: the points must be dlib's own on
+    the whole frame, also for boxes partly or wholly off the frame and for frames whose rows are
+    padded (as ffmpeg decodes 854 px wide frames)."""
+    import dlib
+
+    frames, boxes = faces
+    h, w = frames.shape[1:3]
+    cases = [(f, b) for f, b in zip(frames, boxes)]
+    cases += [(frames[0], [-30, -30, 40, 40]), (frames[0], [w - 20, h - 20, w + 60, h + 60]),
+              (frames[0], [w + 10, h + 10, w + 90, h + 90])]
+    padded = np.zeros((h, w + 24, 3), np.uint8)[:, :w]
+    padded[:] = frames[1]
+    assert not padded.flags.c_contiguous
+    cases.append((padded, boxes[1]))
+    for rgb, box in cases:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        ref = predictor(np.ascontiguousarray(rgb), dlib.rectangle(x0, y0, x1, y1))
+        np.testing.assert_array_equal(landmarks68(rgb, box, predictor=predictor),
+                                      np.array([(p.x, p.y) for p in ref.parts()], np.float32))
+
+
 def test_landmarks68_batch_fills_nan_where_no_face(faces, predictor):
     frames, boxes = faces
     found = np.array([True, False, True])

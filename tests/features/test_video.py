@@ -45,6 +45,16 @@ def test_demo_clip_frames_times_and_info():
     assert abs(info["n_frames"] - duration * fps) <= 1
 
 
+def test_as_list_gives_the_same_frames_times_and_info():
+    frames, times, info = read_video(CLIP)
+    listed, times_l, info_l = read_video(CLIP, as_list=True)
+    assert isinstance(listed, list) and len(listed) == len(frames)
+    assert all(f.shape == (144, 176, 3) and f.dtype == np.uint8 and f.flags.c_contiguous for f in listed)
+    np.testing.assert_array_equal(np.stack(listed), frames)
+    np.testing.assert_array_equal(times_l, times)
+    assert info_l == info
+
+
 def test_frames_match_ffmpeg_decoding():
     frames, _, _ = read_video(CLIP, max_frames=2)
     ref = ffmpeg_rgb(CLIP, 2).reshape(2, 144, 176, 3).astype(int)

@@ -48,3 +48,20 @@ def test_face_parameter_change_reruns_only_the_visual_stages(store_copy):
     # the dlib descriptor (a default embedding) is computed from the Faces boxes, so it reruns too
     assert ran == ["Align"] * 3 + ["BuildShards"] + ["FaceDescriptor"] * 3 + ["Faces"] * 3 + ["LandmarkPCA"] + \
         ["Shard"] * 3
+
+
+def test_a_missing_faces_stage_loads_its_models_while_scheduling(tmp_path):
+    """complete() of a missing Faces stage (asked in the scheduling process) loads the detector
+    and predictor into the cache its run() uses, so forked workers do not load them per batch."""
+    import os
+
+    from pipeline.video import Faces, face_models
+    from tests.conftest import ROOT
+
+    face_models.cache_clear()
+    task = Faces(dataset="demo", batch=0, manifest=os.path.join(ROOT, "data_manifest.yaml"),
+                 store=str(tmp_path / "store"), detector="hog", upsample=1)
+    assert not task.complete()
+    assert face_models.cache_info().currsize == 1
+    detect, predictor = face_models("hog", 1)
+    assert face_models.cache_info().hits == 1 and type(predictor).__name__ == "shape_predictor"
