@@ -197,7 +197,10 @@ class BatchTask(luigi.Task):
             done = remote.pull_output(self)
         if not done:
             _warm_up()
-            self.warm_up()
+            try:
+                self.warm_up()
+            except Exception as err:  # e.g. a missing model file: run() reports it, as the task's failure
+                logger.debug("%s: warm-up skipped: %s", self.STAGE, err)
         return done
 
     def warm_up(self) -> None:

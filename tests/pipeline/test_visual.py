@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from features import store
 from tests.pipeline.conftest import build
@@ -65,3 +66,22 @@ def test_a_missing_faces_stage_loads_its_models_while_scheduling(tmp_path):
     assert face_models.cache_info().currsize == 1
     detect, predictor = face_models("hog", 1)
     assert face_models.cache_info().hits == 1 and type(predictor).__name__ == "shape_predictor"
+
+
+def test_a_warm_up_that_fails_leaves_the_error_to_run(tmp_path, monkeypatch):
+    """A stage whose models cannot be loaded is still just missing while scheduling; its run()
+    raises the error, so Luigi reports it as that task's failure."""
+    import os
+
+    from pipeline import video
+    from tests.conftest import ROOT
+
+    def broken(detector, upsample):
+        raise FileNotFoundError("dlib model 'shape_predictor_68_face_landmarks.dat' not found")
+
+    monkeypatch.setattr(video, "face_models", broken)
+    task = video.Faces(dataset="demo", batch=0, manifest=os.path.join(ROOT, "data_manifest.yaml"),
+                       store=str(tmp_path / "store"))
+    assert not task.complete()
+    with pytest.raises(FileNotFoundError, match="shape_predictor_68"):
+        task.run()
