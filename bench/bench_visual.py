@@ -128,9 +128,9 @@ def stage_times(paths: list[str]) -> dict:
     for rep in range(2):
         for p in paths:
             t = [time.perf_counter()]
-            frames, times, info = video.read_video(p); t.append(time.perf_counter())
+            frames, times, info = video.read_video(p, as_list=True); t.append(time.perf_counter())  # as Faces does
             boxes, ok, _ = face.track_faces(frames, detector=detect, detect_every=10, full_every=30,
-                                            scale=min(1.0, 320 / frames.shape[2]), max_gap=5)
+                                            scale=min(1.0, 320 / frames[0].shape[1]), max_gap=5)
             t.append(time.perf_counter())
             lm = landmarks.landmarks68_batch(frames, boxes, ok, predictor=predictor); t.append(time.perf_counter())
             for k in np.flatnonzero(ok):
@@ -140,7 +140,7 @@ def stage_times(paths: list[str]) -> dict:
             t.append(time.perf_counter())
             whole = time.perf_counter()  # the same with every re-detection over the whole frame
             face.track_faces(frames, detector=detect, detect_every=10, full_every=None,
-                             scale=min(1.0, 320 / frames.shape[2]), max_gap=5)
+                             scale=min(1.0, 320 / frames[0].shape[1]), max_gap=5)
             whole = time.perf_counter() - whole
             runs.append({k: 1000 * (b - a) / len(frames) for k, a, b in zip(names, t, t[1:])})
             runs[-1]["detect_track_whole_frame"] = 1000 * whole / len(frames)
@@ -150,7 +150,7 @@ def stage_times(paths: list[str]) -> dict:
     warm = {k: round(statistics.median(r[k] for r in runs[1:]), 2) for k in names}
     total = sum(warm.values())
     whole = statistics.median(r["detect_track_whole_frame"] for r in runs[1:])
-    return {"clips": len(paths), "frame_size": f"{frames.shape[2]}x{frames.shape[1]}",
+    return {"clips": len(paths), "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
             "detector_and_predictor_load_s": round(load_s, 3),
             "cold_first_clip_ms_per_frame": cold, "warm_ms_per_frame": warm,
             "warm_total_ms_per_frame": round(total, 2),

@@ -47,7 +47,8 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         chunks = []
         try:
             for frame in container.decode(stream):
-                if frame.format.name == "fltp" and frame.rate == sr and frame.layout.name == stream.layout.name:
+                if (frame.format.name == "fltp" and frame.rate == sr and stream.layout is not None
+                        and frame.layout.name == stream.layout.name):
                     chunks.append(frame.to_ndarray())  # AAC and Opus decode to float planar already
                     continue
                 for out in resampler.resample(frame):

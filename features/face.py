@@ -228,7 +228,7 @@ def _detect_around(frame, boxes, detector, *, scale, margin, empty_ok=False):
     return np.array(kept).reshape(-1, 4)
 
 
-def cv_image(image: np.ndarray) -> np.ndarray:
+def _cv_image(image: np.ndarray) -> np.ndarray:
     """``image`` itself when OpenCV can read it without a copy (dense pixels, rows maybe padded,
     as ``features.video.iter_video`` yields them), else a C-contiguous copy."""
     image = np.asarray(image)
@@ -327,5 +327,5 @@ def crop(frame: np.ndarray, box, *, size: int = 173, pad: str = "zeros") -> np.n
     sx, sy = (x1 - x0) / size, (y1 - y0) / size
     to_frame = np.array([[sx, 0, x0 + 0.5 * sx - 0.5], [0, sy, y0 + 0.5 * sy - 0.5]])
     border = cv2.BORDER_CONSTANT if pad == "zeros" else cv2.BORDER_REPLICATE
-    return cv2.warpAffine(cv_image(frame), to_frame, (size, size), borderMode=border,
+    return cv2.warpAffine(_cv_image(frame), to_frame, (size, size), borderMode=border,
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=(0, 0, 0))

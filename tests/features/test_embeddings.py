@@ -260,7 +260,6 @@ def test_dlib_descriptors_of_one_person_lie_within_0_6():
     assert np.linalg.norm(other - d.mean(0)) > embeddings.DLIB_SAME_PERSON
 
 
-
 def test_dlib_descriptors_of_every_carphone_frame():
     """All 96 frames, mirror-averaged: every frame within 0.6 of the person's mean descriptor and
     98 % of the 4,560 pairs within 0.6 of each other. Of the 82 pairs beyond it (up to 0.68), 67
