@@ -20,7 +20,7 @@ Measured:
   and detect/track once more with every re-detection over the whole frame (``full_every=None``),
   interleaved, so ``detect_track_speedup_from_regions`` is a ratio measured side by side.
 * ``storage``: bytes per hour of video in the shards: ``video/crop``, ``video/crop_small`` (HDF5
-  storage size, lzf as written), the whole shard files, and the whole store (every
+  storage size, as written), the whole shard files, and the whole store (every
   stage's outputs, e.g. the ``Faces`` batch files, which hold the crops as well).
 
 Prints one JSON object.
@@ -163,14 +163,14 @@ def stage_times(paths: list[str]) -> dict:
 
 def storage(store: str, video_s: float) -> dict:
     """Bytes per hour of video in the shards (HDF5 storage sizes, i.e. after compression)."""
-    import h5py
+    from features.store import open_file
 
     paths = sorted(glob.glob(os.path.join(store, DATASET, "shards", "*", "shard-*.h5")))
     sizes = {"video/crop": 0, "video/crop_small": 0}
     raw = dict.fromkeys(sizes, 0)
     frames = found = 0
     for p in paths:
-        with h5py.File(p, "r") as f:
+        with open_file(p) as f:
             for key in sizes:
                 sizes[key] += f[key].id.get_storage_size()
                 raw[key] += f[key].size * f[key].dtype.itemsize

@@ -29,8 +29,8 @@ from pipeline.manifest import Clip, get_dataset
 
 logger = logging.getLogger("luigi-interface")
 COMMON = ("dataset", "batch", "batch_size", "manifest", "store")
-LIBRARIES = ("numpy", "h5py", "luigi", "librosa", "soxr", "av", "webrtcvad-wheels", "praat-parselmouth",
-             "scikit-learn", "opencv-python-headless", "dlib-bin", "face-recognition-models")
+LIBRARIES = ("numpy", "h5py", "hdf5plugin", "luigi", "librosa", "soxr", "av", "webrtcvad-wheels",
+             "praat-parselmouth", "scikit-learn", "opencv-python-headless", "dlib-bin", "face-recognition-models")
 
 
 def digest(obj) -> str:

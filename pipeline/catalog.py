@@ -170,8 +170,10 @@ def same_data(a: str, b: str, ignore_attrs=VOLATILE_ATTRS) -> list[str]:
     import h5py
     import numpy as np
 
+    from features.store import open_file
+
     diffs = []
-    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+    with open_file(a) as fa, open_file(b) as fb:
         def visit(name, ga, gb):
             keys_a = {k for k in ga.attrs if k not in ignore_attrs}
             keys_b = {k for k in gb.attrs if k not in ignore_attrs}

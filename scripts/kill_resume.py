@@ -57,7 +57,7 @@ def is_temp(rel):
 
 def readable(store):
     """Files a reader would take for outputs that do not open whole."""
-    import h5py
+    from features.store import open_file
 
     bad = []
     for rel in files(store):
@@ -66,7 +66,7 @@ def readable(store):
         path = os.path.join(store, rel)
         try:
             if rel.endswith(".h5"):
-                with h5py.File(path, "r") as f:
+                with open_file(path) as f:
                     f.visit(lambda name: None)
                     for key in f.attrs:
                         f.attrs[key]

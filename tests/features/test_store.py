@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import h5py
@@ -66,6 +67,48 @@ def test_files_are_plain_hdf5_without_vlen_numbers_and_with_chunks(tmp_path):
         assert ds.chunks[0] * 64 * 4 <= store.CHUNK_BYTES
         assert f["windows/frames"].dtype == np.int32
         assert h5py.check_string_dtype(f["clips/id"].dtype).encoding == "utf-8"
+
+
+@pytest.mark.parametrize("name", store.COMPRESSORS)
+def test_every_compressor_round_trips_exactly(tmp_path, name):
+    rng = np.random.default_rng(3)
+    groups = {"g": {"x": rng.standard_normal((500, 64)).astype(np.float32),
+                    "crop": rng.integers(0, 256, (20, 17, 17, 3), dtype=np.uint8),
+                    "n": np.arange(1000, dtype=np.int64)}}
+    path = tmp_path / "c.h5"
+    store.write(path, attrs={}, groups=groups, compression={"f": name, "i": name, "u": name})
+    back = store.read_group(path, "g")
+    for key, value in groups["g"].items():
+        np.testing.assert_array_equal(back[key], value)
+    with store.open_file(path) as f:
+        want = {None: None, "gzip": "gzip", "lzf": "lzf", "blosc-zstd": "32001"}[name]  # 32001: Blosc's HDF5 id
+        for key in groups["g"]:
+            assert (want in f[f"g/{key}"]._filters) if want else not f[f"g/{key}"]._filters
+        assert ("shuffle" in f["g/x"]._filters) == (name in ("gzip", "lzf"))  # Blosc shuffles inside itself
+
+
+def test_default_compression_is_blosc_zstd_and_plain_h5py_needs_hdf5plugin(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "d.h5"
+    x = np.linspace(0, 1, 40_000, dtype=np.float32).reshape(-1, 64)
+    store.write(path, attrs={}, groups={"frames": {"logmel": x}})
+    with store.open_file(path) as f:
+        opts = f["frames/logmel"]._filters["32001"]
+        assert opts[4:7] == (1, 1, 5)  # Blosc cd_values: clevel 1, byte shuffle, compressor 5 = zstd
+        assert f["frames/logmel"].id.get_storage_size() < x.nbytes / 2
+    read = "import h5py, sys; f = h5py.File(sys.argv[1]); f['frames/logmel'][()]"
+    env = {k: v for k, v in os.environ.items() if k != "HDF5_PLUGIN_PATH"}
+    plain = subprocess.run([sys.executable, "-c", read, str(path)], capture_output=True, text=True, env=env)
+    assert plain.returncode != 0 and "OSError" in plain.stderr  # why open_file registers the filters
+    ok = subprocess.run([sys.executable, "-c", "import hdf5plugin; " + read, str(path)], env=env)
+    assert ok.returncode == 0
+
+
+def test_unknown_compressor_is_refused(tmp_path):
+    with pytest.raises(ParameterError, match="unknown compressor 'zip'"):
+        store.write(tmp_path / "z.h5", attrs={}, groups={"g": {"x": np.ones(4)}}, compression={"f": "zip"})
 
 
 def test_assemble_copies_sources_and_refuses_conflicts(tmp_path):

@@ -1,12 +1,12 @@
 import glob
 import os
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 from features.errors import ParameterError
+from features.store import open_file
 from models.data import ShardDataset, clip_table, collate, find_shards, fit_norm, loader
 
 
@@ -49,7 +49,7 @@ def test_window_mode_shapes_and_masks(table):
 
 def test_nan_pca_is_masked_not_passed(store_copy):
     paths = find_shards(store_copy, "demo")
-    with h5py.File(paths[0], "a") as f:  # a frame whose PCA is NaN (e.g. no basis could be fitted)
+    with open_file(paths[0], "a") as f:  # a frame whose PCA is NaN (e.g. no basis could be fitted)
         vf = f["windows/video_frames"][0]
         row = f["video/offsets"][f["windows/clip"][0]] + vf[3]
         f["video/pca"][row] = np.nan
