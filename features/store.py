@@ -127,6 +127,11 @@ def _h5py():
     return h5py
 
 
+def warm_up() -> None:
+    """Import h5py and register the filters now (~0.15 s), e.g. before Luigi forks its workers."""
+    _h5py()
+
+
 def open_file(path: str | os.PathLike, mode: str = "r", **kwargs):
     """``h5py.File`` on a store file, with the filters its datasets may use registered."""
     return _h5py().File(path, mode, **kwargs)

@@ -74,10 +74,11 @@ def _warm_up() -> None:
     _WARM.append(True)
     import threadpoolctl
 
-    from features.audio import warm_up
+    from features import audio, store
 
     threadpoolctl.threadpool_limits(1)
-    warm_up()
+    audio.warm_up()
+    store.warm_up()
 
 
 # -- atomic, no-clobber writes (issue 6: concurrent builds, SIGKILL) -------------------------------
