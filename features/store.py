@@ -61,7 +61,8 @@ CHUNK_BYTES = 256 * 1024
 #: Compressor names: None, "gzip" (level 4) and "lzf" (h5py's own filters), "blosc-zstd" (Blosc's
 #: zstd at level 1 through hdf5plugin); each with the byte shuffle for items wider than one byte.
 #: Chosen by measurement on the demo shard (README "Benchmarks"): against gzip, blosc-zstd writes
-#: 5-7× faster and reads ~3× faster, for files 3-6 % larger on the float features (waveform
+#: 5-7× faster and decompresses ~3× faster (the DataLoader's windows/s is the same within noise,
+#: bench_reader.py), for files 3-6 % larger on the float features (waveform
 #: 1.36× vs 1.44×, log-mel 2.23× vs 2.32×); on the uint8 face crops, 1.33× against lzf's 1.22× at
 #: less than half lzf's time (0.6 vs 1.3 ms per 173 px crop written). Reading these files with
 #: h5py needs ``import hdf5plugin`` first (``open_file`` and every reader here do it).
@@ -141,8 +142,8 @@ def write(path: str | os.PathLike, *, attrs: Mapping, groups: Mapping[str, Mappi
           compression: Mapping | None = None) -> None:
     """Write ``groups`` ({group: {name: array}}) and JSON ``attrs`` to a new HDF5 file at ``path``.
 
-    ``compression`` maps a dtype kind to an HDF5 filter (default ``COMPRESSION``). Callers write
-    to a temporary name and rename (Luigi's ``temporary_path``).
+    ``compression`` maps a dtype kind to a compressor name of ``COMPRESSORS`` (default
+    ``COMPRESSION``). Callers write to a temporary name and rename (Luigi's ``temporary_path``).
     """
     h5py = _h5py()
 
