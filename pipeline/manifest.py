@@ -6,6 +6,10 @@ columns ``clip_id,label,speaker`` (optional ``transcript,valence,arousal,partiti
 ``label_set``, the ``protocol`` and the source facts (``sr``, ``fps``, ``speakers``). The labels CSV
 defines the clips: a row whose file is missing becomes a clip with status ``missing_file``; a file
 with no row is not part of the dataset.
+
+Both files come from people, so they are bounded (DESIGN "Trust", issue 19 items 8 and 10): the
+manifest's size, nesting and alias expansion, the labels CSV's size and fields; every error is one
+``ManifestError`` line naming the file, the line and the field, quoting values cut by ``shown``.
 """
 from __future__ import annotations
 
@@ -14,20 +18,48 @@ import dataclasses
 import functools
 import glob
 import hashlib
+import io
 import json
 import os
 import re
+import reprlib
 
 import yaml
 
 PROTOCOLS = ("loso", "logso", "kfold", "fixed")
 REQUIRED_COLUMNS = ("clip_id", "label", "speaker")
 OPTIONAL_COLUMNS = ("transcript", "valence", "arousal", "partition")
-_CLIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CLIP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # whole string (fullmatch): no trailing newline
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a folder name in the store
+MAX_MANIFEST_BYTES = 256 << 10  # a manifest is a few kB; bounded inputs (DESIGN "Trust")
+MAX_LABELS_BYTES = 64 << 20  # a labels CSV of 100,000 clips is a few MB
+MAX_YAML_NODES = 10_000  # YAML nodes once aliases are expanded (the repository's manifest: ~200)
+MAX_YAML_DEPTH = 20  # nesting levels (a manifest needs 5)
+MAX_SHOWN = 200  # characters of a value quoted in an error
+MAX_PATH = 4096  # characters of the root, clips and labels fields (PATH_MAX)
 
 
 class ManifestError(ValueError):
-    """The manifest or a labels CSV breaks a rule; the message names the dataset and field."""
+    """The manifest or a labels CSV breaks a rule; the message (one line) names the file, the line
+    where known, the dataset and the field."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 10, 10, MAX_SHOWN, MAX_SHOWN
+
+
+def shown(value) -> str:
+    """``repr(value)`` cut to about ``MAX_SHOWN`` characters, for error messages (issue 19 item 8:
+    the error of a 600-byte YAML anchor bomb printed 2.15 GB). Bounded work whatever the value:
+    long strings are cut before ``repr``, nested containers by ``reprlib``."""
+    if isinstance(value, str) and len(value) > MAX_SHOWN:
+        return f"{value[:MAX_SHOWN]!r}... ({len(value):,} characters)"
+    return _cut(_REPR.repr(value))
+
+
+def _cut(text: str) -> str:
+    """A message part from elsewhere (PyYAML, csv) cut like ``shown``."""
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text):,} characters)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,65 +165,182 @@ def inside(path: str, root: str) -> bool:
     return os.path.commonpath([real, base]) == base
 
 
-def _fail(manifest, name, field, rule, got) -> None:
-    raise ManifestError(f"{manifest}: dataset {name!r}: field {field!r}: {rule}, got {got!r}")
+def _fail(manifest, name, field, rule, got, line=None) -> None:
+    at = f" line {line}:" if line else ""
+    raise ManifestError(f"{manifest}:{at} dataset {shown(name)}: field {shown(field)}: {rule}, got {shown(got)}")
 
 
-def _check_dataset(manifest: str, name: str, d) -> Dataset:
+def _check_dataset(manifest: str, name: str, d, lines: dict | None = None) -> Dataset:
+    """Validate one dataset entry; ``lines`` maps its field names (``None``: the entry) to their
+    line in the manifest, which the errors name (issue 19 item 10)."""
+    lines = lines or {}
+
+    def fail(field, rule, got):
+        _fail(manifest, name, field, rule, got, lines.get(str(field).split(".")[0], lines.get(None)))
+
     if not isinstance(d, dict):
-        _fail(manifest, name, "(entry)", "must be a mapping of fields", d)
+        fail("(entry)", "must be a mapping of fields", d)
     known = {f.name for f in dataclasses.fields(Dataset)} | {"description", "citation", "notes"}
     for key in d:
         if key not in known - {"name", "manifest"}:
-            _fail(manifest, name, key, f"is not a known field ({', '.join(sorted(known - {'name', 'manifest'}))})", key)
+            fail(key, f"is not a known field ({', '.join(sorted(known - {'name', 'manifest'}))})", key)
     for field in ("root", "clips", "labels"):
-        if not isinstance(d.get(field), str) or not d[field].strip():
-            _fail(manifest, name, field, "is required and must be a non-empty string", d.get(field))
+        if not isinstance(d.get(field), str) or not d[field].strip() or len(d[field]) > MAX_PATH:
+            fail(field, f"is required and must be a non-empty string of at most {MAX_PATH:,} characters",
+                 d.get(field))
     for field in ("clips", "labels"):
         if os.path.isabs(d[field]) or ".." in d[field].replace("\\", "/").split("/"):
-            _fail(manifest, name, field, "must be a path inside the root (no '..', not absolute)", d[field])
+            fail(field, "must be a path inside the root (no '..', not absolute)", d[field])
     labels = d.get("label_set")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        _fail(manifest, name, "label_set", "must be a non-empty list of label names", labels)
+        fail("label_set", "must be a non-empty list of label names", labels)
     if len(set(labels)) != len(labels):
-        _fail(manifest, name, "label_set", "must not repeat a label", labels)
+        fail("label_set", "must not repeat a label", labels)
     protocol = d.get("protocol")
     if isinstance(protocol, str):
         protocol = {"name": protocol}
     if not isinstance(protocol, dict) or protocol.get("name") not in PROTOCOLS:
-        _fail(manifest, name, "protocol", f"must name one of {', '.join(PROTOCOLS)}", d.get("protocol"))
+        fail("protocol", f"must name one of {', '.join(PROTOCOLS)}", d.get("protocol"))
     if protocol["name"] == "logso" and not (isinstance(protocol.get("groups"), int) and protocol["groups"] >= 2):
-        _fail(manifest, name, "protocol.groups", "LOGSO needs an integer number of speaker groups >= 2",
+        fail("protocol.groups", "LOGSO needs an integer number of speaker groups >= 2",
               protocol.get("groups"))
     if protocol["name"] == "kfold":
         if not (isinstance(protocol.get("folds"), int) and protocol["folds"] >= 2):
-            _fail(manifest, name, "protocol.folds", "k-fold needs an integer number of folds >= 2", protocol.get("folds"))
+            fail("protocol.folds", "k-fold needs an integer number of folds >= 2", protocol.get("folds"))
         split = protocol.get("split", [8, 1, 1])
         if not (isinstance(split, list) and len(split) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in split)):
-            _fail(manifest, name, "protocol.split", "must be three positive numbers train:validation:test", split)
+            fail("protocol.split", "must be three positive numbers train:validation:test", split)
     for field, kind in (("sr", int), ("fps", (int, float)), ("speakers", int), ("video_fps", (int, float))):
         value = d.get(field)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool) or value <= 0):
-            _fail(manifest, name, field, "must be a positive number when given", value)
+            fail(field, "must be a positive number when given", value)
     return Dataset(name=name, root=d["root"], clips=d["clips"], labels=d["labels"], label_set=tuple(labels),
                    protocol=protocol, sr=d.get("sr"), fps=d.get("fps"), speakers=d.get("speakers"),
                    manifest=manifest, video_fps=d.get("video_fps"))
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that ``_BoundedLoader`` refuses; ``problem_mark`` says where."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses, while composing, what ``safe_load`` would take too far (issue
+    19 items 8 and 10): more than ``MAX_YAML_NODES`` nodes once aliases are expanded (a 600-byte
+    "billion laughs" manifest took 98 s and 13.8 GB), an alias inside its own anchor, nesting
+    deeper than ``MAX_YAML_DEPTH`` (a ``RecursionError``) and a key given twice in one mapping
+    (the last one won, silently). Each node's expanded size is computed once from its children's,
+    so refusing a bomb costs the few nodes it is written with."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.expanded = {}  # id(node) -> nodes it stands for, aliases expanded
+        self.nodes = 0  # nodes of the document so far, aliases expanded
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if self.depth >= MAX_YAML_DEPTH:
+            raise _Refused(problem=f"nested deeper than {MAX_YAML_DEPTH} levels", problem_mark=event.start_mark)
+        self.depth += 1
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        if isinstance(event, yaml.AliasEvent):
+            if id(node) not in self.expanded:
+                raise _Refused(problem=f"alias *{shown(event.anchor)[1:-1]} is used inside its own anchor",
+                               problem_mark=event.start_mark)
+            self.nodes += self.expanded[id(node)]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else (
+                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+            self.expanded[id(node)] = 1 + sum(self.expanded[id(n)] for n in children)
+            self.nodes += 1
+        if self.nodes > MAX_YAML_NODES:
+            raise _Refused(problem=f"refused: more than {MAX_YAML_NODES:,} YAML nodes once aliases are expanded "
+                                   f"(an anchor bomb?); write the values out", problem_mark=event.start_mark)
+        return node
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        first = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if (key.tag, key.value) in first:
+                    raise _Refused(problem=f"key {shown(key.value)} appears twice in one mapping (first on line "
+                                           f"{first[key.tag, key.value] + 1}); keep one", problem_mark=key.start_mark)
+                first[key.tag, key.value] = key.start_mark.line
+        return node
+
+
+def _decode(data: bytes, where: str) -> str:
+    """UTF-8 text (a byte-order mark is dropped); a byte that is not UTF-8 is an error naming its
+    line (issue 19 item 10: a bare ``UnicodeDecodeError``)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ManifestError(f"{where}: line {line}: byte 0x{data[err.start]:02x} is not UTF-8; "
+                            f"save the file as UTF-8") from None
+
+
+def _read_bounded(path: str, limit: int, where: str) -> str:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ManifestError(f"{where}: larger than {limit:,} bytes; is it the right file?")
+    return _decode(data, where)
+
+
+def _parse_yaml(path: str, text: str):
+    """The document and its root node (for line numbers), through ``_BoundedLoader``; every YAML
+    error becomes a one-line ``ManifestError`` naming the file and line."""
+    try:
+        loader = _BoundedLoader(text)  # checks that every character may appear in YAML
+        try:
+            node = loader.get_single_node()
+            return (loader.construct_document(node) if node is not None else None), node
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        what = err.problem if isinstance(err, _Refused) else \
+            "not valid YAML: " + _cut("; ".join(x for x in (err.context, err.problem) if x))
+        at = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        raise ManifestError(f"{path}:{at} {what}") from None
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        raise ManifestError(f"{path}: line {line}: not valid YAML: character {shown(chr(err.character))} "
+                            f"is not allowed") from None
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{path}: not valid YAML: {_cut(str(err))}") from None
+
+
+def _lines(node) -> dict:
+    """``{dataset: {field or None: line}}`` from the manifest's root node."""
+    def pairs(node):
+        scalar_keys = node.value if isinstance(node, yaml.MappingNode) else []
+        return [(k, v) for k, v in scalar_keys if isinstance(k, yaml.ScalarNode)]
+
+    out = {}
+    for key, value in pairs(node):
+        if key.value == "datasets":
+            for name, entry in pairs(value):
+                out[name.value] = {None: name.start_mark.line + 1,
+                                   **{f.value: f.start_mark.line + 1 for f, _ in pairs(entry)}}
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _load(path: str, mtime_ns: int) -> dict[str, Dataset]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-    except yaml.YAMLError as err:
-        raise ManifestError(f"{path}: not valid YAML: {err}") from None
+    doc, node = _parse_yaml(path, _read_bounded(path, MAX_MANIFEST_BYTES, path))
     if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), dict) or not doc["datasets"]:
         raise ManifestError(f"{path}: must be a mapping with a non-empty 'datasets:' mapping")
-    out = {}
+    lines, out = _lines(node), {}
     for name, entry in doc["datasets"].items():
-        if not isinstance(name, str) or not _CLIP_ID.match(name):
-            raise ManifestError(f"{path}: dataset name {name!r} must be letters, digits, '.', '_' or '-'")
-        out[name] = _check_dataset(path, name, entry)
+        where = lines.get(str(name), {})
+        if not isinstance(name, str) or not _DATASET_NAME.fullmatch(name):
+            raise ManifestError(f"{path}: line {where.get(None, '?')}: dataset name {shown(name)} must be 1 to 64 "
+                                f"letters, digits, '.', '_' or '-', starting with a letter or digit")
+        out[name] = _check_dataset(path, name, entry, where)
     return out
 
 
@@ -207,12 +356,12 @@ def load_manifest(path: str | os.PathLike) -> dict[str, Dataset]:
 def get_dataset(path: str | os.PathLike, name: str) -> Dataset:
     datasets = load_manifest(path)
     if name not in datasets:
-        raise ManifestError(f"{path}: no dataset {name!r}; the manifest has {', '.join(sorted(datasets))}")
+        raise ManifestError(f"{path}: no dataset {shown(name)}; the manifest has {_cut(', '.join(sorted(datasets)))}")
     return datasets[name]
 
 
-@functools.lru_cache(maxsize=8)
-def _list_clips_cached(ds: Dataset, labels_mtime: int, root: str) -> tuple[Clip, ...]:
+def _clip_files(ds: Dataset, root: str) -> dict[str, list[str]]:
+    """The files the ``clips`` glob matches, by clip id (file name without its extension)."""
     files = {}
     for p in glob.glob(os.path.join(root, ds.clips), recursive=True):
         if os.path.isfile(p):
@@ -220,32 +369,58 @@ def _list_clips_cached(ds: Dataset, labels_mtime: int, root: str) -> tuple[Clip,
                 raise ManifestError(f"{ds.manifest}: dataset {ds.name!r}: field 'clips': {p} leads to "
                                     f"{os.path.realpath(p)}, outside the root {root}; copy the file "
                                     f"into the root or make the root a folder that holds it")
-            files.setdefault(os.path.splitext(os.path.basename(p))[0], os.path.abspath(p))
+            files.setdefault(os.path.splitext(os.path.basename(p))[0], []).append(os.path.abspath(p))
+    return files
+
+
+def _label_rows(labels_path: str, where: str):
+    """``(line, row)`` of the labels CSV, read as UTF-8 with or without a byte-order mark (issue 19
+    item 10: a BOM made ``clip_id`` "missing"); a byte that is not UTF-8, a field over the csv
+    module's limit (131,072 characters) or a file over ``MAX_LABELS_BYTES`` is an error naming the
+    line. ``line`` is where the row starts."""
+    reader = csv.DictReader(io.StringIO(_read_bounded(labels_path, MAX_LABELS_BYTES, where), newline=""))
+    line = 1
+    try:
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ManifestError(f"{where}: line 1: missing column(s) {', '.join(missing)}; need "
+                                f"{','.join(REQUIRED_COLUMNS)}, the header is {shown(reader.fieldnames)}")
+        line = reader.line_num + 1
+        for row in reader:
+            yield line, row
+            line = reader.line_num + 1
+    except csv.Error as err:
+        raise ManifestError(f"{where}: line {line}: not a valid CSV row: {_cut(str(err))} "
+                            f"(a quote left open?)") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _list_clips_cached(ds: Dataset, labels_mtime: int, root: str) -> tuple[Clip, ...]:
+    files = _clip_files(ds, root)
     labels_path = os.path.join(root, ds.labels)
     where = f"{ds.manifest}: dataset {ds.name!r}: field 'labels' ({labels_path})"
     if not inside(labels_path, root):
         raise ManifestError(f"{where}: leads to {os.path.realpath(labels_path)}, outside the root {root}")
-    with open(labels_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ManifestError(f"{where}: missing column(s) {', '.join(missing)}; "
-                                f"need {','.join(REQUIRED_COLUMNS)}")
-        clips, seen = [], set()
-        for line, row in enumerate(reader, start=2):
-            cid = (row["clip_id"] or "").strip()
-            if not _CLIP_ID.match(cid):
-                raise ManifestError(f"{where}: line {line}: clip_id {cid!r} must be letters, digits, "
-                                    f"'.', '_' or '-' (no path separators)")
-            if cid in seen:
-                raise ManifestError(f"{where}: line {line}: clip_id {cid!r} appears twice")
-            seen.add(cid)
-            label = (row["label"] or "").strip()
-            if label not in ds.label_set:
-                raise ManifestError(f"{where}: line {line}: label {label!r} is not in label_set "
-                                    f"{list(ds.label_set)}")
-            extra = tuple(sorted((c, row[c]) for c in OPTIONAL_COLUMNS if row.get(c) not in (None, "")))
-            clips.append(Clip(cid, files.get(cid), label, (row["speaker"] or "").strip(), extra))
+    clips, seen = [], set()
+    for line, row in _label_rows(labels_path, where):
+        cid = (row["clip_id"] or "").strip()
+        if not _CLIP_ID.fullmatch(cid):
+            raise ManifestError(f"{where}: line {line}: clip_id {shown(cid)} must be letters, digits, "
+                                f"'.', '_' or '-' (no path separators)")
+        if cid in seen:
+            raise ManifestError(f"{where}: line {line}: clip_id {shown(cid)} appears twice")
+        seen.add(cid)
+        label = (row["label"] or "").strip()
+        if label not in ds.label_set:
+            raise ManifestError(f"{where}: line {line}: label {shown(label)} is not in label_set "
+                                f"{shown(list(ds.label_set))}")
+        paths = files.get(cid, [None])
+        if len(paths) > 1:  # issue 19 item 10: which one was used depended on the file system
+            raise ManifestError(f"{ds.manifest}: dataset {ds.name!r}: field 'clips': clip {cid!r} (labels line "
+                                f"{line}) has {len(paths)} files: {' and '.join(sorted(paths)[:2])}; keep one, or "
+                                f"narrow the glob (e.g. clips/*.mp4)")
+        extra = tuple(sorted((c, row[c]) for c in OPTIONAL_COLUMNS if row.get(c) not in (None, "")))
+        clips.append(Clip(cid, paths[0], label, (row["speaker"] or "").strip(), extra))
     return tuple(sorted(clips, key=lambda c: c.id))
 
 

@@ -29,6 +29,7 @@ def test_the_repository_manifest_is_valid_and_has_the_papers_datasets():
 
 @pytest.mark.parametrize("change, field, rule", [
     ({"root": ""}, "root", "non-empty string"),
+    ({"root": "r" * 5000}, "root", "at most 4,096 characters"),
     ({"clips": None}, "clips", "non-empty string"),
     ({"labels": "../../etc/passwd"}, "labels", "inside the root"),
     ({"clips": "/abs/*"}, "clips", "inside the root"),
@@ -132,3 +133,102 @@ def test_file_hashes_are_kept_in_the_cache_file_and_redone_when_the_file_changes
     assert sha(clip) == hashlib.sha256(b"second").hexdigest()
     monkeypatch.setenv("AV_STORE_HASH_CACHE", "")  # no cache file at all
     assert sha(clip) == hashlib.sha256(b"second").hexdigest()
+
+
+# -- issue 19 items 8 and 10: bounded, one-line errors naming the file, the line and the field ---------
+MANIFEST = """datasets:
+  ds:
+    root: data
+    clips: clips/*
+    labels: labels.csv
+    label_set: [a, b]
+    protocol: loso
+"""  # lines: ds 2, root 3, clips 4, labels 5, label_set 6, protocol 7
+LABELS = b"clip_id,label,speaker\nc1,a,s1\nc2,b,s2\n"
+SMALL_BOMB = "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\nl1: &l1 [*l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0, *l0]\n"
+
+
+def _corpus(tmp_path, manifest=MANIFEST, labels=LABELS, files=()):
+    root = tmp_path / "data"
+    (root / "clips").mkdir(parents=True)
+    (root / "labels.csv").write_bytes(labels)
+    for name in files:
+        (root / "clips" / name).write_bytes(b"x")
+    path = tmp_path / "m.yaml"
+    path.write_bytes(manifest if isinstance(manifest, bytes) else manifest.encode())
+    return path
+
+
+@pytest.mark.parametrize("manifest, labels, files, expected", [
+    (MANIFEST.encode().replace(b"[a, b]", b"[a, b\xff]"), LABELS, (),
+     ["m.yaml: line 6: byte 0xff is not UTF-8"]),
+    (MANIFEST.replace("[a, b]", "[a, b\x00]"), LABELS, (), ["m.yaml: line 6: not valid YAML", "not allowed"]),
+    (MANIFEST.replace("[a, b]", "[" * 10_000 + "]" * 10_000), LABELS, (),
+     ["m.yaml: line 6, column ", "nested deeper than 20 levels"]),
+    (MANIFEST.replace("  ds:", '  "d\\ns":'), LABELS, (), ["m.yaml: line 2: dataset name 'd\\ns' must be"]),
+    (MANIFEST.replace("  ds:", '  "../ds":'), LABELS, (), ["m.yaml: line 2: dataset name '../ds' must be"]),
+    (MANIFEST.replace("  ds:", "  " + "d" * 65 + ":"), LABELS, (), ["m.yaml: line 2: dataset name 'ddd", "1 to 64"]),
+    (MANIFEST + "    root: elsewhere\n", LABELS, (),
+     ["m.yaml: line 8, column 5: key 'root' appears twice in one mapping (first on line 3)"]),
+    (MANIFEST + "  ds: {}\n", LABELS, (), ["m.yaml: line 8, column 3: key 'ds' appears twice"]),
+    (MANIFEST.replace("[a, b]", "[]"), LABELS, (), ["m.yaml: line 6: dataset 'ds': field 'label_set': must be"]),
+    (MANIFEST.replace("[a, b]", "x" * 100_000), LABELS, (),
+     ["m.yaml: line 6: dataset 'ds': field 'label_set'", "... (100,000 characters)"]),
+    (SMALL_BOMB + MANIFEST.replace("[a, b]", "[*l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1, *l1]"), LABELS, (),
+     ["m.yaml: line 8: dataset 'ds': field 'label_set': must be a non-empty list of label names, got [[["]),
+    (MANIFEST.replace("[a, b]", "&loop [a, *loop]"), LABELS, (),
+     ["m.yaml: line 6, column 26: alias *loop is used inside its own anchor"]),
+    ("#" * (256 << 10) + "\n" + MANIFEST, LABELS, (), ["m.yaml: larger than 262,144 bytes"]),
+    (MANIFEST + "    notes: [" + "1, " * 20_000 + "]\n", LABELS, (),
+     ["m.yaml: line 8, column ", "more than 10,000 YAML"]),
+    (MANIFEST, LABELS.replace(b"s2", b"s\xe92"), (),
+     ["m.yaml: dataset 'ds': field 'labels' (", "labels.csv): line 3: byte 0xe9 is not UTF-8"]),
+    (MANIFEST, LABELS + b"c3,a," + b"w" * 200_000 + b"\n", (),
+     ["m.yaml: dataset 'ds': field 'labels' (", "labels.csv): line 4: not a valid CSV row", "field limit"]),
+    (MANIFEST, LABELS.replace(b"clip_id", b"clip"), (),
+     ["field 'labels' (", "labels.csv): line 1: missing column(s) clip_id", "the header is ['clip', "]),
+    (MANIFEST, LABELS, ("c1.mp4", "c1.wav"),
+     ["m.yaml: dataset 'ds': field 'clips': clip 'c1' (labels line 2) has 2 files: ", "c1.mp4 and ", "c1.wav;"]),
+], ids=["manifest-not-utf8", "manifest-control-char", "deep-nesting", "newline-in-dataset-name",
+        "path-as-dataset-name", "long-dataset-name", "duplicate-field", "duplicate-dataset", "field-rule-has-line",
+        "huge-value-cut", "nested-value-cut", "alias-loop", "manifest-over-256KiB", "too-many-nodes", "labels-not-utf8", "labels-200k-field",
+        "labels-missing-column", "two-files-one-stem"])
+def test_bad_inputs_are_one_line_errors_naming_the_file_line_and_field(tmp_path, manifest, labels, files, expected):
+    """Issue 19 items 8 and 10: each bad input is a ManifestError (the CLI's scheduling failure),
+    one short line naming where it is, never a bare UnicodeDecodeError / csv.Error / RecursionError."""
+    path = _corpus(tmp_path, manifest, labels, files)
+    with pytest.raises(ManifestError) as err:
+        get_dataset(path, "ds").list_clips()
+    msg = str(err.value)
+    assert all(part in msg for part in expected), msg
+    assert "\n" not in msg and len(msg) < 1000, msg[:2000]
+
+
+def test_a_yaml_anchor_bomb_is_refused_after_composing_a_few_nodes(tmp_path, monkeypatch):
+    """Issue 19 item 8: nine nested aliases stand for 10^9 labels (98 s, 13.8 GB and a 2.15 GB
+    message before); refused while composing, after the ~40 nodes the file is written with."""
+    from pipeline import manifest as m
+
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = _corpus(tmp_path, "\n".join(levels) + "\n" + MANIFEST.replace("[a, b]", "*l9"))
+    composed = []
+    compose = m._BoundedLoader.compose_node
+    monkeypatch.setattr(m._BoundedLoader, "compose_node", lambda self, *a: composed.append(1) or compose(self, *a))
+    with pytest.raises(ManifestError, match=r"m\.yaml: line \d+, column \d+: refused: more than 10,000 YAML "
+                                            r"nodes once aliases are expanded") as err:
+        load_manifest(path)
+    assert len(str(err.value)) < 1000 and len(composed) < 200
+
+
+def test_anchors_merge_keys_and_a_byte_order_mark_are_accepted(tmp_path):
+    """Issue 19 item 10: a labels CSV saved with a BOM (Excel) was "missing column clip_id"; small
+    anchors and ``<<:`` merges (a key overridden after a merge is not a duplicate) stay valid YAML."""
+    manifest = ("base: &base {root: data, clips: clips/*, labels: labels.csv, protocol: loso}\n"
+                "datasets:\n  ds: {<<: *base, label_set: &labels [a, b]}\n"
+                "  other: {<<: *base, label_set: *labels, protocol: {name: logso, groups: 2}}\n")
+    path = _corpus(tmp_path, "\ufeff" + manifest, labels=b"\xef\xbb\xbf" + LABELS, files=("c1.wav",))
+    datasets = load_manifest(path)
+    assert datasets["other"].protocol == {"name": "logso", "groups": 2} and datasets["other"].label_set == ("a", "b")
+    clips = datasets["ds"].list_clips()
+    assert [c.id for c in clips] == ["c1", "c2"] and clips[0].path.endswith("c1.wav")
