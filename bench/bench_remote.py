@@ -5,7 +5,9 @@
 Builds a small corpus once (timed: the rebuild), pushes it to a folder remote (and, with
 ``--s3``, to a moto S3 server on loopback), then times a teammate's ``BuildShards`` with
 ``--remote-url`` into an empty store (schedule + pull + verify + summary: what replaces the
-rebuild) and ``avstore verify`` over the store. Prints JSON.
+rebuild) and ``avstore verify`` over the store; then how fast a lying remote is refused
+(issue 19 item 6a): a record claiming 3 GiB, and a 4 GiB (sparse) file whose record claims its
+first shard's bytes; the bytes read and written before the refusal. Prints JSON.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline import catalog  # noqa: E402
+from pipeline import catalog, remote  # noqa: E402
 from tests.pipeline.conftest import make_corpus  # noqa: E402
+from tests.pipeline.share_helpers import REL, all_files, fake_shard, folder_remote  # noqa: E402
 
 
 def luigi_build(manifest, store, *extra):
@@ -32,6 +35,42 @@ def luigi_build(manifest, store, *extra):
                     "--store", str(store), "--batch-size", "1", "--local-scheduler", "--no-lock", *extra],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     return time.perf_counter() - t0
+
+
+def lying_remotes(work: pathlib.Path) -> dict:
+    """Seconds until ``pull`` refuses a record claiming 3 GiB and a 4 GiB file recorded as small,
+    and the bytes it read from the remote file / left in the store meanwhile."""
+    head = fake_shard(work / "small.h5").read_bytes()
+    out = {}
+    for case in ("claims_3_GiB", "file_4_GiB_record_small"):
+        url = folder_remote(work / case, {REL: head}, claims={REL: 3 << 30} if case == "claims_3_GiB" else None)
+        if case != "claims_3_GiB":
+            os.truncate(os.path.join(url, REL), 4 << 30)
+        r, read = remote.Remote(url), []
+        real_open = r.fs.open
+
+        def counting_open(path, mode="rb", **kw):
+            f = real_open(path, mode, **kw)
+            if path.endswith(".h5"):
+                real_read = f.read
+
+                def counted(n=-1):
+                    read.append(len(data := real_read(n)))
+                    return data
+                f.read = counted
+            return f
+        r.fs.open = counting_open
+        t0 = time.perf_counter()
+        try:
+            remote.pull(str(work / f"store-{case}"), r, "mini")
+            why = "accepted!"
+        except remote.RemoteError as err:
+            why = str(err).rsplit(": ", 1)[-1][:120]
+        left = sum(os.path.getsize(os.path.join(work, f"store-{case}", f)) for f in all_files(work / f"store-{case}")
+                   if f.endswith(".h5") or ".tmp-" in f) if (work / f"store-{case}").exists() else 0
+        out[case] = {"refused_s": round(time.perf_counter() - t0, 4), "bytes_read": sum(read),
+                     "bytes_left_in_store": left, "why": why}
+    return out
 
 
 def main():
@@ -75,6 +114,7 @@ def main():
     verify_s = (time.perf_counter() - t0) / reps
     out["verify_s"] = round(verify_s, 3)
     out["verify_s_per_gb"] = round(verify_s / (nbytes / 1e9), 2)
+    out["lying_remote"] = lying_remotes(work)
     print(json.dumps(out, indent=1))
 
 

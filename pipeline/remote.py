@@ -9,15 +9,19 @@ shard is never offered; build records go to ``<dataset>/builds/<key>.json`` last
 Pulling (``avstore pull``, or ``Shard.complete()`` during a build when ``[remote] url`` is set)
 streams the file into a hidden temporary name in the destination folder while hashing it,
 compares sha256 and size with the remote's record, checks that the HDF5 file carries the
-expected dataset and hash-chain digest, and only then gives it its name (``base.publish``): a
-reader never sees a half-written or unverified shard. A shard that fails verification is left
-out with a warning naming it, and the build computes it instead.
+expected dataset and hash-chain digest and points nowhere outside itself
+(``features.store.check_closed``), and only then gives it its name (``base.publish``): a reader
+never sees a half-written or unverified shard. A recorded size above ``[remote] max_file_bytes``
+or the free disk is refused before a byte is read, and no more bytes than recorded are ever
+written. A shard that fails verification is left out with a warning naming it, and the build
+computes it instead; a build record that cannot be read is skipped with a warning.
 
 Credentials are never part of a URL or of the configuration: s3fs reads them from the usual
 chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``,
 ``~/.aws/credentials``, ``AWS_PROFILE``, instance roles); a non-AWS server is named by
 ``[remote] endpoint_url`` (or ``AWS_ENDPOINT_URL``). Remote names are checked against strict
 patterns before they become local paths, and everything read is JSON or HDF5, never a pickle.
+Every URL that is logged or put in a message goes through ``redact`` (``s3://***@bucket/p``).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import urllib.parse
 
 import luigi
@@ -38,6 +43,7 @@ _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 FILE_REL = re.compile(rf"^({_NAME})/([a-z0-9_]+)/([0-9a-f]{{16}})/({_NAME}\.h5)$")
 RECORD_REL = re.compile(rf"^({_NAME})/builds/([0-9a-f]{{16}})\.json$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"]*@")
 
 
 class RemoteError(RuntimeError):
@@ -50,6 +56,15 @@ class remote(luigi.Config):
     url = luigi.Parameter(default="", description="a folder, file:///path or s3://bucket/prefix; empty = none")
     endpoint_url = luigi.Parameter(default="", description="S3-compatible server (MinIO, Ceph, ...); "
                                    "empty = AWS or AWS_ENDPOINT_URL")
+    max_file_bytes = luigi.IntParameter(default=16 << 30, description="a remote file recorded as larger "
+                                        "than this (bytes) is refused before downloading (issue 19 item 6a)")
+
+
+def redact(url: str) -> str:
+    """``url`` (or a text holding URLs) with the user information of each URL replaced by ``***``:
+    ``s3://KEY:SECRET@bucket/p`` -> ``s3://***@bucket/p`` (issue 19 item 7). Everything between
+    ``://`` and the last ``@`` goes, since an AWS secret key may hold ``/``."""
+    return _USERINFO.sub(r"\1***@", str(url))
 
 
 def check_rel(rel: str, pattern: re.Pattern = FILE_REL) -> str:
@@ -77,13 +92,13 @@ class Remote:
         import fsspec
 
         parts = urllib.parse.urlsplit(url)
-        if parts.password or (parts.username and parts.scheme not in ("", "file")):
-            raise RemoteError("the remote URL carries credentials; remove them from the URL and use the "
-                              "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or ~/.aws/credentials")
+        if parts.password or (parts.scheme not in ("", "file") and redact(url) != url):  # a secret may hold "/"
+            raise RemoteError(f"the remote URL {redact(url)} carries credentials; remove them from the URL and "
+                              "use the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or ~/.aws/credentials")
         endpoint = storage_options.pop("endpoint_url", None) or remote().endpoint_url
         if parts.scheme in ("s3", "s3a") and endpoint:
             storage_options.setdefault("endpoint_url", endpoint)
-        self.url = url
+        self.url = redact(url)  # for messages
         storage_options.setdefault("skip_instance_cache", True)  # endpoints / credentials may change
         self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
         quiet_sdk_debug_logs()
@@ -106,15 +121,28 @@ class Remote:
             raise RemoteError(f"{self.url}/{rel}: larger than {limit} bytes, not a record")
         try:
             return json.loads(data)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise RemoteError(f"{self.url}/{rel}: not valid JSON: {err}") from None
 
+    def _put_local(self, write, rel: str) -> None:
+        """A shared folder: ``write(tmp)`` to a hidden temporary name beside ``rel``, then rename
+        (atomic on one file system). A push killed meanwhile leaves only the hidden
+        ``.<name>.tmp-<host>-<pid>-<random>``, which the next push from this host removes (issue 19
+        item 6d)."""
+        dest = self.path(rel)
+        self.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+        remove_stale_temps(dest)
+        tmp = temp_name(dest)
+        try:
+            write(tmp)
+            self.fs.mv(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
     def _put_bytes(self, data: bytes, rel: str) -> None:
-        if self.local:  # a shared folder: write beside, then rename (atomic on one file system)
-            tmp = self.path(f"{rel}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-            self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, self.path(rel))
+        if self.local:
+            self._put_local(lambda tmp: self.fs.pipe_file(tmp, data), rel)
         else:  # an object store: a PUT is visible whole or not at all
             self.fs.pipe_file(self.path(rel), data)
 
@@ -124,10 +152,7 @@ class Remote:
     def put_file(self, local: str, rel: str, sha256: str) -> None:
         """Upload ``local`` to ``rel``, then its ``.sha256`` record (the file counts once that exists)."""
         if self.local:
-            tmp = self.path(f"{rel}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-            self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
-            self.fs.put_file(local, tmp)
-            self.fs.mv(tmp, self.path(rel))
+            self._put_local(lambda tmp: self.fs.put_file(local, tmp), rel)
         else:
             self.fs.put_file(local, self.path(rel))
         self.put_json({"sha256": sha256, "bytes": os.path.getsize(local)}, f"{rel}.sha256")
@@ -138,34 +163,67 @@ class Remote:
             return None
         meta = self.read_json(f"{rel}.sha256")
         if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and SHA256.match(meta["sha256"])
-                and isinstance(meta.get("bytes"), int)):
+                and type(meta.get("bytes")) is int and meta["bytes"] >= 0):
             raise RemoteError(f"{self.url}/{rel}.sha256: not a checksum record")
         return meta
 
+    def check_size(self, rel: str, size, dest: str) -> None:
+        """Refuse, before a byte is read, a recorded ``size`` that is no byte count, above ``[remote]
+        max_file_bytes``, above the free disk at ``dest``, or not the remote file's size (issue 19
+        item 6a: a record claiming 3 GiB made the client stream 3.2 GB before failing)."""
+        what, limit = f"{self.url}/{rel}", remote().max_file_bytes
+        if type(size) is not int or size < 0:
+            raise RemoteError(f"{what}: the recorded size {str(size)[:40]!r} is not a byte count")
+        if size > limit:
+            raise RemoteError(f"{what}: the remote records {size} bytes, more than [remote] max_file_bytes = "
+                              f"{limit}; not downloaded (raise max_file_bytes in workflows.cfg if it is expected)")
+        free = shutil.disk_usage(os.path.dirname(dest)).free
+        if size > free:
+            raise RemoteError(f"{what}: the remote records {size} bytes, more than the {free} bytes free at "
+                              f"{os.path.dirname(dest)}; not downloaded (free some space)")
+        actual = self.fs.size(self.path(rel))
+        if actual != size:
+            raise RemoteError(f"{what}: the remote file is {actual} bytes, its record says {size} bytes; "
+                              "not downloaded (push it again)")
+
     def get_file(self, rel: str, dest: str, *, sha256: str, size: int, check=None) -> bool:
-        """Download ``rel`` to ``dest``: into a hidden temporary name beside ``dest`` while hashing,
-        verified (sha256, size, then ``check(tmp)``), then published. RemoteError when it does not
-        verify (nothing is left behind). Returns False when ``dest`` appeared meanwhile."""
+        """Download ``rel`` to ``dest``: sizes checked first (``check_size``), then streamed into a
+        hidden temporary name beside ``dest`` while hashing, never past ``size`` bytes, verified
+        (sha256, size, then ``check(tmp)``), then published. RemoteError when it does not verify
+        (nothing is left behind). Returns False when ``dest`` appeared meanwhile."""
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         remove_stale_temps(dest)
-        tmp, h, n = temp_name(dest), hashlib.sha256(), 0
+        self.check_size(rel, size, dest)
+        tmp = temp_name(dest)
         try:
             with self.fs.open(self.path(rel), "rb") as src, open(tmp, "wb") as out:
-                for block in iter(lambda: src.read(1 << 22), b""):
-                    h.update(block)
-                    n += len(block)
-                    if n > size:
-                        raise RemoteError(f"{self.url}/{rel}: longer than its recorded {size} bytes")
-                    out.write(block)
-            if n != size or h.hexdigest() != sha256:
-                raise RemoteError(f"{self.url}/{rel}: downloaded {n} bytes with sha256 {h.hexdigest()}, "
+                n, digest = copy_bounded(src, out, size, what=f"{self.url}/{rel}")
+            if n != size or digest != sha256:
+                raise RemoteError(f"{self.url}/{rel}: downloaded {n} bytes with sha256 {digest}, "
                                   f"the remote records {size} bytes with sha256 {sha256}")
             if check is not None:
-                check(tmp)
+                try:
+                    check(tmp)
+                except RemoteError as err:
+                    raise RemoteError(f"{self.url}/{rel}: {err}") from None
             return publish(tmp, dest)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def copy_bounded(src, out, size: int, *, what: str, block: int = 1 << 22) -> tuple[int, str]:
+    """Copy ``src`` to ``out`` while hashing: (bytes, sha256). Reads at most ``size + 1`` bytes and
+    writes at most ``size``: RemoteError as soon as the stream is longer than its recorded ``size``
+    (issue 19 item 6a; a file that grows while it is read)."""
+    h, n = hashlib.sha256(), 0
+    while data := src.read(min(block, size + 1 - n)):
+        if n + len(data) > size:
+            raise RemoteError(f"{what}: longer than its recorded {size} bytes; stopped there")
+        h.update(data)
+        out.write(data)
+        n += len(data)
+    return n, h.hexdigest()
 
 
 def open_remote(url: str) -> Remote:
@@ -179,11 +237,17 @@ def _open_remote(url: str, *endpoints) -> Remote:
 
 
 def check_shard(path: str, *, dataset: str, digest: str) -> None:
-    """The HDF5 file is a shard of ``dataset`` with hash-chain ``digest`` (attributes are JSON)."""
-    from features.store import read_attrs
+    """The HDF5 file is a shard of ``dataset`` with hash-chain ``digest`` (attributes are JSON) and
+    a closed world: no external storage, external or dangling links, virtual datasets (issue 19
+    item 6b; ``features.store.check_closed``)."""
+    from features.errors import UnsafeShard
+    from features.store import check_closed, read_attrs
 
     try:
+        check_closed(path)
         attrs = read_attrs(path)
+    except UnsafeShard as err:
+        raise RemoteError(f"refusing the shard: {err}") from None
     except Exception as err:  # not HDF5, or attributes that are not JSON
         raise RemoteError(f"not a readable shard: {type(err).__name__}: {err}") from None
     if attrs.get("dataset") != dataset or attrs.get("digest") != digest:
@@ -220,9 +284,10 @@ def pull_output(task) -> bool:
                    check=lambda p: check_shard(p, dataset=task.dataset, digest=task.chain_digest()))
         _pull_stage_json(r, rel.rsplit("/", 1)[0], os.path.dirname(dest), task.chain_digest())
     except Exception as err:  # a remote that fails never stops a build: compute instead
-        logger.warning("remote %s: not using %s (%s: %s); computing it", url, rel, type(err).__name__, err)
+        logger.warning("remote %s: not using %s (%s: %s); computing it", redact(url), rel, type(err).__name__,
+                       redact(err))
         return False
-    logger.info("remote %s: pulled %s (%d bytes, sha256 verified)", url, rel, meta["bytes"])
+    logger.info("remote %s: pulled %s (%d bytes, sha256 verified)", redact(url), rel, meta["bytes"])
     return True
 
 
@@ -264,8 +329,21 @@ def push(store: str, r: Remote, dataset: str, build: str | None = None) -> dict:
 
 
 def remote_records(r: Remote, dataset: str) -> dict[str, dict]:
-    rels = [p[len(r.root.rstrip("/")) + 1:] for p in r.fs.glob(r.path(f"{dataset}/builds/*.json"))]
-    return {RECORD_REL.match(check_rel(rel, RECORD_REL)).group(2): r.read_json(rel) for rel in sorted(rels)}
+    """{key: build record} of ``dataset`` on the remote. A record that cannot be read (not JSON,
+    too large, not a build record with files, not named ``<16 hex>.json``) is skipped with a
+    warning naming it: one bad file never makes every pull fail (issue 19 item 6c)."""
+    out = {}
+    for rel in sorted(p[len(r.root.rstrip("/")) + 1:] for p in r.fs.glob(r.path(f"{dataset}/builds/*.json"))):
+        try:
+            key = RECORD_REL.match(check_rel(rel, RECORD_REL)).group(2)
+            rec = r.read_json(rel)
+            if not (isinstance(rec, dict) and isinstance(rec.get("files"), dict)):
+                raise RemoteError(f"{r.url}/{rel}: not a build record with files")
+        except RemoteError as err:
+            logger.warning("remote %s: skipping %s (%s)", r.url, rel, err)
+            continue
+        out[key] = rec
+    return out
 
 
 def pull(store: str, r: Remote, dataset: str, build: str | None = None) -> dict:
@@ -282,7 +360,9 @@ def pull(store: str, r: Remote, dataset: str, build: str | None = None) -> dict:
             if m.group(1) != dataset:
                 raise RemoteError(f"{r.url}/{dataset}/builds/{key}.json names {rel!r} of another dataset")
             remote_meta = r.checksum(rel)
-            if remote_meta is None or remote_meta["sha256"] != meta.get("sha256"):
+            same = isinstance(meta, dict) and remote_meta is not None and \
+                (remote_meta["sha256"], remote_meta["bytes"]) == (meta.get("sha256"), meta.get("bytes"))
+            if not same:
                 raise RemoteError(f"{r.url}/{rel}: missing, or its checksum differs from the build record")
             dest = os.path.join(store, *rel.split("/"))
             local_paths.append(dest)

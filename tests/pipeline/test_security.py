@@ -1,16 +1,17 @@
 """Security (issue 6): nothing unpickled, YAML safe-loaded, no path out of the dataset or store root."""
 import csv
 import json
+import logging
 import os
 import re
 
 import h5py
 import pytest
 
-from pipeline import remote
+from pipeline import catalog, remote
 from pipeline.manifest import ManifestError, get_dataset
-from tests.conftest import ROOT
-from tests.pipeline.share_helpers import corpus
+from tests.conftest import ROOT, build
+from tests.pipeline.share_helpers import REL, all_files, corpus, fake_shard, folder_remote
 
 
 def _manifest(tmp_path, **fields):
@@ -80,7 +81,7 @@ def test_pull_refuses_a_record_that_points_out_of_the_store(tmp_path):
     assert not (tmp_path / "evil.h5").exists() and not (tmp_path / "store").exists()
 
 
-def test_a_pickle_in_place_of_a_record_is_an_error_not_code(tmp_path):
+def test_a_pickle_in_place_of_a_record_is_an_error_not_code(tmp_path, caplog):
     import pickle
 
     class Boom:
@@ -90,14 +91,80 @@ def test_a_pickle_in_place_of_a_record_is_an_error_not_code(tmp_path):
     rem = tmp_path / "remote"
     (rem / "mini" / "builds").mkdir(parents=True)
     (rem / "mini" / "builds" / "0123456789abcdef.json").write_bytes(pickle.dumps(Boom()))
-    with pytest.raises(remote.RemoteError, match="not valid JSON"):
+    with pytest.raises(remote.RemoteError, match="no feature set"):  # the record is skipped (issue 19 item 6c)
         remote.pull(str(tmp_path / "store"), remote.Remote(str(rem)), "mini")
+    assert "skipping mini/builds/0123456789abcdef.json" in caplog.text and "not valid JSON" in caplog.text
     assert not (tmp_path / "pwned").exists()
 
 
 def test_a_url_with_credentials_is_refused():
     with pytest.raises(remote.RemoteError, match="carries credentials"):
         remote.Remote("s3://AKIAXXXX:secret@bucket/prefix")
+
+
+# -- issue 19 item 6b: a shard is a closed world ----------------------------------------------------
+def _external_storage(f):
+    f.create_dataset("clips/leak", shape=(64,), dtype="u1", external=[("/etc/passwd", 0, 64)])
+
+
+def _external_link(f):
+    f["clips/leak"] = h5py.ExternalLink("/etc/passwd.h5", "/")
+
+
+def _virtual_dataset(f):
+    layout = h5py.VirtualLayout(shape=(16,), dtype="i4")
+    layout[:] = h5py.VirtualSource("/tmp/elsewhere.h5", "x", shape=(16,))
+    f.create_virtual_dataset("clips/leak", layout)
+
+
+@pytest.mark.parametrize("poison", [_external_storage, _external_link, _virtual_dataset])
+def test_a_pulled_shard_that_points_outside_itself_is_refused_and_not_published(tmp_path, poison):
+    """Issue 19 item 6b: right sha256, right dataset and digest, but a dataset reads another file."""
+    data = fake_shard(tmp_path / "poisoned.h5", extra=poison).read_bytes()
+    url = folder_remote(tmp_path / "remote", {REL: data})
+    with pytest.raises(remote.RemoteError, match=rf"{REL}: refusing the shard") as err:
+        remote.pull(str(tmp_path / "store"), remote.Remote(url), "mini")
+    assert "clips/leak" in str(err.value)
+    assert not [f for f in all_files(tmp_path / "store") if f.endswith(".h5") or ".tmp-" in f]
+    clean = fake_shard(tmp_path / "clean.h5").read_bytes()  # the same remote with a closed shard: pulled
+    assert remote.pull(str(tmp_path / "store2"), remote.Remote(folder_remote(tmp_path / "r2", {REL: clean})),
+                       "mini")["files"] == 1
+
+
+# -- issue 19 item 7: secrets in URLs ------------------------------------------------------------------
+@pytest.mark.parametrize("url,shown", [
+    ("s3://AKIAKEY:SeCrEt@bucket/p", "s3://***@bucket/p"),
+    ("s3://AKIAKEY:abc/SeCrEt+x@bucket/p", "s3://***@bucket/p"),  # AWS secrets may hold '/'
+    ("s3://AKIAKEY@bucket/p", "s3://***@bucket/p"),
+    ("https://user:pw@minio.lab:9000/b", "https://***@minio.lab:9000/b"),
+    ("s3://bucket/prefix", "s3://bucket/prefix"),
+    ("/mnt/team/av-store", "/mnt/team/av-store"),
+    ("remote s3://K:SeCrEt@b/p: not using x (err)", "remote s3://***@b/p: not using x (err)"),
+])
+def test_redact_hides_the_userinfo_of_a_url(url, shown):
+    assert remote.redact(url) == shown
+
+
+CREDENTIAL_URL = "s3://AKIAQLEAKTEST00001:LeAkEd/Secret+Key0000@bucket/p"
+
+
+def test_a_url_with_credentials_is_never_printed(tmp_path, caplog, capsys):
+    """Issue 19 item 7: the URL was refused, but the warning printed it whole, secret included."""
+    with pytest.raises(remote.RemoteError) as err:
+        remote.Remote(CREDENTIAL_URL)
+    assert "AKIAQ" not in str(err.value) and "LeAkEd" not in str(err.value)
+    with caplog.at_level(logging.DEBUG):
+        manifest = corpus(tmp_path / "corpus", clips=("s1_anger_01",))
+        build(tmp_path / "store", "--remote-url", CREDENTIAL_URL, dataset="mini", manifest=manifest)
+        assert catalog.main(["--store", str(tmp_path / "store"), "pull", "--dataset", "mini",
+                             "--remote", CREDENTIAL_URL]) == 1
+    out = capsys.readouterr()
+    text = caplog.text + out.out + out.err
+    assert "remote s3://***@bucket/p: not using mini/shards/" in caplog.text and "carries credentials" in out.err
+    for secret in ("AKIAQLEAKTEST00001", "LeAkEd", "Secret+Key"):
+        assert secret not in text
+        for rel in all_files(tmp_path / "store"):
+            assert secret.encode() not in open(tmp_path / "store" / rel, "rb").read(), rel
 
 
 def test_no_module_of_the_store_can_unpickle():
