@@ -11,7 +11,7 @@ import os
 import luigi
 import numpy as np
 
-from pipeline.audio import Segment, clip_rows, clip_table, read_input
+from pipeline.audio import LogMel, Segment, clip_rows, clip_table, read_input
 from pipeline.base import BatchTask, logger, n_batches
 from pipeline.manifest import get_dataset
 
@@ -135,20 +135,23 @@ class LandmarkPCA(BatchTask):
 
 
 class Align(BatchTask):
-    """For each 655 ms audio window, the 16 video frames inside it (AVEF §2.1.2)."""
+    """For each 655 ms audio window, the 16 video frames of its voiced time (AVEF §1, §2.1.2)."""
 
     STAGE = "align"
+    CODE_VERSION = "2"  # 2: frames from the spans of the window's audio frames only (not a pause's);
+    #                     fewer than 16: the first and last frames doubled ("repeat the first two …")
     frames_per_window = luigi.IntParameter(default=16, description="video frames per window (AVEF: 16)")
 
     def requires(self):
         return {"segment": self.clone(Segment), "faces": self.clone(Faces)}
 
     def run(self):
-        from features.align import align_windows
+        from features.align import align_windows, window_spans
 
         inp = self.requires()
         seg = read_input(inp["segment"], "windows")
         faces = read_input(inp["faces"], "video/time", "video/found", "video/offsets")
+        grid = {k: getattr(self.clone(LogMel), k) for k in ("frame_ms", "hop_ms")}  # Segment's frame grid
         w, n = seg["windows"], self.frames_per_window
         frames = np.full((len(w["clip"]), n), -1, np.int32)
         ok = np.zeros(len(w["clip"]), np.uint8)
@@ -161,6 +164,6 @@ class Align(BatchTask):
             if len(sel):
                 frames[sel], ok[sel], why[sel] = align_windows(
                     clip_rows(faces["video"], "time", i), clip_rows(faces["video"], "found", i).astype(bool),
-                    t_begin=w["t_begin"][sel], t_end=w["t_end"][sel], n=n)
+                    spans=window_spans(w["frames"][sel], **grid), n=n)
         self.write({"clips": clip_table(self.clips(), faces["clips"]["status"], faces["clips"]["reason"]),
                     "windows": {"video_frames": frames, "video_ok": ok, "video_reason": why}})

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from features import store
+from features.align import frames_in_spans, window_spans
 from tests.pipeline.conftest import build
 from tests.pipeline.test_build import by_clip, shards
 
@@ -13,6 +14,7 @@ def test_demo_video_statuses_faces_and_window_alignment(demo_store):
     assert video["bad_noaudio"] == "ok"                 # video without audio still gives faces
     assert video["bad_truncated"] in ("truncated", "decode_error")
     assert sum(v == "ok" for v in video.values()) == 19
+    pauses = 0
     for cid, (s, i) in clips.items():
         if video[cid] != "ok":
             continue
@@ -27,9 +29,13 @@ def test_demo_video_statuses_faces_and_window_alignment(demo_store):
             assert len(idx) == 16 and np.all(np.diff(idx) >= 0)
             inside = (t[idx] >= s.windows["t_begin"][k] - 1e-6) & (t[idx] < s.windows["t_end"][k])
             assert inside.all()
+            voiced = frames_in_spans(t, window_spans(s.windows["frames"][k][None])[0])
+            assert np.isin(idx, voiced).all()  # none from a pause the window joins across (AVEF §1)
+            pauses += not s.windows["contiguous"][k]
             assert s.window_video(k).shape == (16, 173, 173, 3) and s.window_video(k, small=True).shape == (16, 72, 72, 3)
             assert s.window_video(k).mean() > 20  # real crops, not the zeros of a masked window
             assert not np.isnan(s.window_pca(k)).any()
+    assert pauses >= 50  # 62 of the demo's windows with video join voiced frames across a pause
 
 
 def test_landmark_pca_is_white_on_its_fit_set_and_stored_in_every_shard(demo_store):
