@@ -232,3 +232,20 @@ def test_anchors_merge_keys_and_a_byte_order_mark_are_accepted(tmp_path):
     assert datasets["other"].protocol == {"name": "logso", "groups": 2} and datasets["other"].label_set == ("a", "b")
     clips = datasets["ds"].list_clips()
     assert [c.id for c in clips] == ["c1", "c2"] and clips[0].path.endswith("c1.wav")
+
+
+def test_the_cli_prints_a_bad_manifest_as_one_line_and_exits_35(tmp_path):
+    """Luigi logs a scheduling error with its traceback; a ManifestError keeps only its own line."""
+    import subprocess
+
+    from tests.conftest import cli_env
+
+    bad = tmp_path / "m.yaml"
+    bad.write_text("datasets:\n  demo:\n    root: .\n    clips: '*'\n    labels: l.csv\n    label_set: [a]\n"
+                   "    protocol: loso\n    protocol: kfold\n")
+    r = subprocess.run(["luigi", "--module", "pipeline", "BuildShards", "--dataset", "demo", "--manifest", str(bad),
+                        "--store", str(tmp_path / "store"), "--local-scheduler"],
+                       capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
+    assert r.returncode == 35, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr + r.stdout
+    assert f"{bad}: line 8, column 5: key 'protocol' appears twice" in r.stderr
