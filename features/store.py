@@ -39,18 +39,36 @@ enabled, ``Shard.has(name)`` tells)::
     /text/{glove (n_clips, 100, 300), length, oov (n_clips, 100) uint8}
                                                      GloVe 300-d (Priyasad §3.1)
     /audio/{waveform, offsets}                       16 kHz waveform, no pre-emphasis (SincNet input)
+
+Trust (issue 19). **Checksums** (item 3): every chunked dataset carries HDF5's fletcher32 filter,
+placed after the compressor so it covers the stored (compressed) bytes; strings, which live in
+HDF5's global heap where no chunk filter reaches, carry a ``crc32`` attribute per dataset. A
+changed byte fails the read, and the readers here (``Shard``, ``read_group``, ``assemble``) turn
+it into ``CorruptShard`` naming the file, the dataset and the fix. Files of format 1 (no
+checksums) still read; a file of format 2 says ``checksums: "fletcher32"`` in its root attributes.
+``FORMAT_VERSION`` is part of every stage's hash chain (``pipeline.base.BatchTask.chain``): the
+stored bytes change with it, so a store built before gets new paths and rebuilds rather than
+mixing checksummed shards with unchecked intermediates (``assemble`` copies chunks raw, and a
+copied dataset keeps the filters of its source).
+**Closed files** (item 6(b)): ``check_closed`` refuses a file that points outside itself
+(external storage, external links, soft links that do not resolve inside it, virtual datasets)
+with ``UnsafeShard``; every reader here calls it (cached per file) before reading a dataset.
 """
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from features.errors import ParameterError
+from features.errors import CorruptShard, ParameterError, UnsafeShard
 
-FORMAT_VERSION = 1
+#: 1: Blosc/gzip/lzf chunks; 2: every chunked dataset also has a fletcher32 checksum (issue 19).
+#: Both read; the version is part of every stage's hash chain (see the module docstring).
+FORMAT_VERSION = 2
+CHECKSUM = "fletcher32"
 #: feature name (as models.data names them) -> the dataset that holds it
 FEATURES = {"logmel": "frames/logmel", "units": "units/kind", "crop": "video/crop", "crop_small": "video/crop_small",
             "pca": "video/pca", "vggish": "vggish/embedding", "vggish_window": "windows/vggish",
@@ -93,21 +111,30 @@ def _str_dtype():
     return h5py.string_dtype("utf-8")
 
 
-def _create(group, name: str, data: np.ndarray, compression: Mapping):
+def _create(group, name: str, data: np.ndarray, compression: Mapping, checksums: bool = True):
     data = np.asarray(data)
     if data.dtype.kind in "OUS":
-        return group.create_dataset(name, data=np.asarray(data, dtype=object).astype(str).tolist(),
-                                    dtype=_str_dtype())
+        values = np.asarray(data, dtype=object).astype(str)
+        ds = group.create_dataset(name, data=values.tolist(), dtype=_str_dtype())
+        if checksums:  # the strings live in the global heap, where no chunk filter reaches
+            ds.attrs["crc32"] = _strings_crc32(values)
+        return ds
     if data.size == 0:
         return group.create_dataset(name, data=data)
     row_bytes = max(1, data.itemsize * int(np.prod(data.shape[1:], dtype=np.int64)))
     rows = int(max(1, min(len(data), CHUNK_BYTES // row_bytes)))
-    return group.create_dataset(name, data=data, chunks=(rows, *data.shape[1:]),
+    return group.create_dataset(name, data=data, chunks=(rows, *data.shape[1:]), fletcher32=checksums,
                                 **_filter(compression.get(data.dtype.kind), data.itemsize))
 
 
+def _strings_crc32(values: np.ndarray) -> int:
+    """crc32 of a string dataset's values (UTF-8, NUL-separated): its checksum (issue 19 item 3)."""
+    return zlib.crc32("\0".join(np.asarray(values, dtype=object).ravel().tolist()).encode("utf-8"))
+
+
 def _filter(name: str | None, itemsize: int) -> dict:
-    """``create_dataset`` keywords for a compressor name (``COMPRESSORS``)."""
+    """``create_dataset`` keywords for a compressor name (``COMPRESSORS``); ``_create`` adds the
+    fletcher32 checksum, which HDF5 applies after these filters (issue 19 item 3)."""
     if name is None:
         return {}
     if name in ("gzip", "lzf"):
@@ -138,34 +165,143 @@ def open_file(path: str | os.PathLike, mode: str = "r", **kwargs):
     return _h5py().File(path, mode, **kwargs)
 
 
+# -- trust (issue 19): corrupt and unsafe files ----------------------------------------------------
+def _advice(f) -> str:
+    try:
+        dataset = json.loads(f.attrs["dataset"]) if f is not None else None
+    except Exception:  # the attributes themselves may be what is damaged
+        dataset = None
+    return (f"run `avstore verify` to list the damaged files, then rebuild them with "
+            f"`luigi --module pipeline BuildShards --dataset {dataset or '<dataset>'}`")
+
+
+def _corrupt(path, name: str | None, err: Exception, f=None) -> CorruptShard:
+    path = os.fspath(path)
+    if name is None:
+        return CorruptShard(path, f"{path}: cannot be opened as HDF5 ({err}): the file is truncated or "
+                                  f"corrupt; {_advice(f)}")
+    return CorruptShard(path, f"{path}: dataset {name.lstrip('/')} is corrupt ({err}; a checksum or a "
+                              f"decompression failed); {_advice(f)}", dataset=name.lstrip("/"))
+
+
+def _open(path: str | os.PathLike, **kwargs):
+    """``h5py.File`` read-only on a store file that ``check_closed`` accepts; a file that does not
+    open is a ``CorruptShard`` naming it (a missing one stays ``FileNotFoundError``)."""
+    check_closed(path)
+    return _open_raw(path, **kwargs)
+
+
+def _open_raw(path, **kwargs):
+    try:
+        return _h5py().File(path, "r", **kwargs)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise _corrupt(path, None, err) from err
+
+
+#: files accepted by ``check_closed``: (device, inode, size, mtime) -> True
+_CLOSED: dict[tuple, bool] = {}
+
+
+def check_closed(path: str | os.PathLike) -> None:
+    """Refuse a file that points outside itself (issue 19 item 6(b)): ``UnsafeShard`` naming each
+    dataset with HDF5 external storage, each external link, each soft link whose target is not
+    an object of the file, each virtual dataset. Reading any of them would read other files of
+    this machine (``external=[("/etc/passwd", 0, 100)]`` reads that file's bytes as data).
+
+    The walk looks at every link without following one (``visit_links`` and ``getlink=True``),
+    about a millisecond for a shard; a file accepted once is not walked again while its inode,
+    size and mtime stay the same. ``pipeline.remote`` calls this on every pulled file.
+    """
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _CLOSED:
+        return
+    h5py = _h5py()
+    problems, soft = [], []
+    with _open_raw(path) as f:
+        def visit(name):
+            link = f.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                problems.append(f"{name}: external link to {link.filename}:{link.path}")
+            elif isinstance(link, h5py.SoftLink):
+                soft.append((name, link.path))
+            else:
+                obj = f[name]
+                if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+                    sources = sorted({m.file_name for m in obj.virtual_sources()})
+                    problems.append(f"{name}: virtual dataset reading {', '.join(sources)}")
+                elif isinstance(obj, h5py.Dataset) and obj.external:
+                    problems.append(f"{name}: external storage in {', '.join(e[0] for e in obj.external)}")
+        f.visit_links(visit)
+        if not problems:  # resolving a soft link opens no other file once no external link is left
+            problems = [f"{name}: soft link to {target}, which is not in the file"
+                        for name, target in soft if not _resolves(f, name)]
+    if problems:
+        path = os.fspath(path)
+        raise UnsafeShard(path, f"{path} points outside the file, refused: {'; '.join(problems)}. A shard "
+                                f"holds its data itself; delete this file and rebuild or pull it again",
+                          dataset=problems[0].split(":")[0])
+    _CLOSED[key] = True
+
+
+def _resolves(f, name: str) -> bool:
+    try:
+        return f.get(name) is not None
+    except (KeyError, RuntimeError, OSError):  # e.g. a loop: "too many links"
+        return False
+
+
+class _Checked:
+    """A dataset whose reads turn HDF5's ``OSError`` (checksum, decompression, truncation) into
+    ``CorruptShard`` naming the file and the dataset (issue 19 item 3)."""
+
+    __slots__ = ("ds", "path", "shape", "dtype")
+
+    def __init__(self, ds, path: str):
+        self.ds, self.path, self.shape, self.dtype = ds, path, ds.shape, ds.dtype
+
+    def __getitem__(self, sel):
+        try:
+            return self.ds[sel]
+        except OSError as err:
+            raise _corrupt(self.path, self.ds.name, err, self.ds.file) from err
+
+    def __len__(self):
+        return len(self.ds)
+
+
 def write(path: str | os.PathLike, *, attrs: Mapping, groups: Mapping[str, Mapping[str, np.ndarray]],
-          compression: Mapping | None = None) -> None:
+          compression: Mapping | None = None, checksums: bool = True) -> None:
     """Write ``groups`` ({group: {name: array}}) and JSON ``attrs`` to a new HDF5 file at ``path``.
 
     ``compression`` maps a dtype kind to a compressor name of ``COMPRESSORS`` (default
-    ``COMPRESSION``). Callers write to a temporary name and rename (Luigi's ``temporary_path``).
+    ``COMPRESSION``). Every chunked dataset gets a fletcher32 checksum; ``checksums=False`` writes
+    a format-1 file without them, only for ``bench/bench_reader.py`` to measure their cost.
+    Callers write to a temporary name and rename (Luigi's ``temporary_path``).
     """
     h5py = _h5py()
 
     with h5py.File(path, "w", libver=("earliest", "v110")) as f:
-        _set_attrs(f, attrs)
+        _set_attrs(f, attrs, checksums)
         for gname, arrays in groups.items():
             g = f.require_group(gname)
             for name, data in arrays.items():
-                _create(g, name, data, COMPRESSION if compression is None else compression)
+                _create(g, name, data, COMPRESSION if compression is None else compression, checksums)
 
 
-def _set_attrs(f, attrs: Mapping) -> None:
-    f.attrs["format_version"] = FORMAT_VERSION
+def _set_attrs(f, attrs: Mapping, checksums: bool = True) -> None:
+    f.attrs["format_version"] = FORMAT_VERSION if checksums else 1
+    if checksums:
+        f.attrs["checksums"] = json.dumps(CHECKSUM)
     for key, value in attrs.items():
-        if key != "format_version":
+        if key not in ("format_version", "checksums"):
             f.attrs[key] = json.dumps(value, sort_keys=True, default=str)
 
 
 def read_attrs(path: str | os.PathLike) -> dict:
-    h5py = _h5py()
-
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         return _get_attrs(f)
 
 
@@ -178,16 +314,35 @@ def _get_attrs(f) -> dict:
 
 def read_group(path: str | os.PathLike, name: str, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """The arrays of one group (all, or those named in ``keys``), strings decoded to ``str``."""
-    h5py = _h5py()
-
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         return {k: _read(ds) for k, ds in f[name].items() if keys is None or k in keys}
 
 
 def _read(ds) -> np.ndarray:
-    if ds.dtype.kind == "O" or ds.dtype.kind == "S":
-        return ds.asstr()[()] if ds.shape else np.array([], dtype=object)
-    return ds[()]
+    """All of ``ds``; a failed read, or strings that do not match their ``crc32`` attribute, is a
+    ``CorruptShard`` naming the file and the dataset."""
+    try:
+        if ds.dtype.kind == "O" or ds.dtype.kind == "S":
+            values = ds.asstr()[()] if ds.shape else np.array([], dtype=object)
+            crc = ds.attrs.get("crc32")
+            if crc is not None and _strings_crc32(values) != crc:
+                raise OSError(f"the strings do not match their crc32 {int(crc)}")
+            return values
+        return ds[()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise _corrupt(ds.file.filename, ds.name, err, ds.file) from err
+
+
+def _verify(ds) -> None:
+    """Read ``ds`` through its filters, a few chunks at a time: checks every checksum (a raw copy
+    does not), in bounded memory."""
+    if ds.chunks is None or not ds.size:
+        _read(ds)
+        return
+    step = ds.chunks[0] * max(1, 16 * CHUNK_BYTES // (ds.dtype.itemsize * int(np.prod(ds.chunks))))
+    checked = _Checked(ds, ds.file.filename)
+    for start in range(0, ds.shape[0], step):
+        checked[start:start + step]
 
 
 def assemble(path: str | os.PathLike, *, sources: Iterable[str | os.PathLike], attrs: Mapping,
@@ -196,14 +351,18 @@ def assemble(path: str | os.PathLike, *, sources: Iterable[str | os.PathLike], a
 
     A dataset present twice (in several sources, or in ``groups`` and a source) must be equal
     (e.g. ``frames/offsets``); ``skip`` names datasets or groups not to copy (``"clips"``).
+    Every source is checked first (``check_closed``, every chunk read through its checksum): a
+    damaged intermediate is a ``CorruptShard``, never copied into the shard (issue 19).
     """
     h5py = _h5py()
 
     write(path, attrs=attrs, groups=groups)
     skip = set(skip)
-    with h5py.File(path, "a") as out:
+    # No chunk cache on either side: with HDF5 2.0.0, ``copy`` of a compressed + fletcher32 dataset
+    # whose chunks were just read into the cache corrupts the heap (malloc abort); tested.
+    with h5py.File(path, "a", rdcc_nbytes=0) as out:
         for src in sources:
-            with h5py.File(src, "r") as f:
+            with _open(src, rdcc_nbytes=0) as f:
                 for gname, g in f.items():
                     if gname in skip:
                         continue
@@ -213,9 +372,10 @@ def assemble(path: str | os.PathLike, *, sources: Iterable[str | os.PathLike], a
                         if key in skip:
                             continue
                         if name in dst:
-                            if not np.array_equal(dst[name][()], ds[()]):
+                            if not np.array_equal(dst[name][()], _read(ds)):
                                 raise ParameterError(f"{key} differs between the sources of {path}")
                             continue
+                        _verify(ds)  # the copy moves raw chunks: a corrupt one must stop here
                         f.copy(ds, dst, name=name)
 
 
@@ -235,10 +395,9 @@ class Shard:
         self._handles = {}
 
     def _file(self):
-        h5py = _h5py()
-
+        """The open file (``check_closed`` first: an ``UnsafeShard`` is refused before any read)."""
         if self._f is None or self._pid != os.getpid():
-            self._f = h5py.File(self.path, "r", rdcc_nbytes=self._cache_bytes, rdcc_nslots=10007)
+            self._f = _open(self.path, rdcc_nbytes=self._cache_bytes, rdcc_nslots=10007)
             self._pid, self._handles = os.getpid(), {}
         return self._f
 
@@ -271,14 +430,15 @@ class Shard:
         """The window table (``clip``, ``unit``, ``frames``, ``t_begin``, ``t_end``, ``weight``)."""
         if self._windows is None:
             self._windows = self.group("windows")
-            self._frame_offsets = self._file()["frames/offsets"][()]
+            self._frame_offsets = _read(self._file()["frames/offsets"])
         return self._windows
 
-    def _dataset(self, key: str):
-        """An open dataset handle, kept per process (reopening one drops its chunk cache)."""
+    def _dataset(self, key: str) -> _Checked:
+        """An open dataset handle, kept per process (reopening one drops its chunk cache); a read
+        that fails is a ``CorruptShard`` naming the shard and ``key``."""
         f = self._file()
         if key not in self._handles:
-            self._handles[key] = f[key]
+            self._handles[key] = _Checked(f[key], self.path)
         return self._handles[key]
 
     @property
@@ -286,9 +446,8 @@ class Shard:
         return len(self.windows["clip"])
 
     def _ragged(self, group: str, name: str, clip: int) -> np.ndarray:
-        f = self._file()
-        off = f[f"{group}/offsets"]
-        return f[f"{group}/{name}"][off[clip]:off[clip + 1]]
+        off = self._dataset(f"{group}/offsets")
+        return self._dataset(f"{group}/{name}")[off[clip]:off[clip + 1]]
 
     def logmel(self, clip: int) -> np.ndarray:
         """(n_frames, n_mels) log-mel frames of clip ``clip``."""
