@@ -24,15 +24,17 @@ dataset can go to DataLoader workers as is.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from features.errors import ParameterError
-from features.store import Shard
+from features.errors import ParameterError, ShardError
+from features.store import Shard, read_attrs
 
 # name -> (kind, HDF5 dataset whose presence means the feature is in the shard, how to enable it)
 _EMB = "build the shards with the embedding stage (README 'Pretrained embeddings')"
@@ -51,12 +53,156 @@ FEATURES = {
 VISUAL = ("crop", "crop_small", "pca", "descriptor", "vggface")
 
 
+class ShardRefused(ShardError):
+    """A shard the trainer refuses (issue 19 item 5): it belongs to another build, dataset or
+    configuration, or it cannot be read (truncated, a failed HDF5 filter or checksum). The message
+    names the file and what to do; ``models.train`` prints it (``features.errors.ShardError``).
+
+    torch re-raises a DataLoader worker's error as ``type(err)(text)``, the text being "Caught
+    ShardRefused in DataLoader worker N. Original Traceback ...: <message>": built from that text
+    alone, the error keeps <message> and the file it starts with."""
+
+    def __init__(self, path: str, message: str | None = None, *, dataset: str | None = None):
+        if message is None:   # torch's re-raise of a worker's error
+            message = path.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1]
+            path = message.split(": ", 1)[0]
+        super().__init__(path, message, dataset=dataset)
+
+
+_SHARD_NAME = re.compile(r"shards/[0-9a-f]+/shard-\d+\.h5")
+
+
+def _rebuild(dataset: str, store: str | None = None) -> str:
+    where = f" --store {store}" if store else ""
+    return f"luigi --module pipeline BuildShards --dataset {dataset}{where}"
+
+
+def _dataset_of(path: str) -> str:
+    """The dataset folder of ``store/<dataset>/shards/<digest>/shard-NNNN.h5``."""
+    return os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(path)))))
+
+
+def unreadable(path: str, err: BaseException) -> str:
+    """The message for a shard that HDF5 cannot read (issue 19 item 5)."""
+    ds = _dataset_of(path)
+    return (f"{path}: cannot be read (truncated or corrupt): {err}; run avstore verify --dataset {ds} "
+            f"and rebuild with: {_rebuild(ds)}")
+
+
+@contextlib.contextmanager
+def reading(path: str):
+    """Errors of the store while reading shard ``path`` (an HDF5 ``OSError``, the store's
+    ``CorruptShard``/``UnsafeShard``) become a ``ShardRefused`` naming the file, which also
+    crosses from a DataLoader worker as itself."""
+    try:
+        yield
+    except ShardRefused:
+        raise
+    except ShardError as err:
+        raise ShardRefused(err.path, str(err), dataset=err.dataset) from err
+    except OSError as err:
+        raise ShardRefused(path, unreadable(path, err)) from err
+
+
+def _read_attrs(path: str) -> dict:
+    with reading(path):
+        return read_attrs(path)
+
+
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True, default=str)
+    return out
+
+
+def config_diff(a: dict, b: dict, *, limit: int = 3) -> str:
+    """The first ``limit`` configuration fields that differ: ``segment.hop_frames: 34 -> 30``."""
+    fa, fb = _flat(a), _flat(b)
+    keys = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    shown = [f"{k}: {fa.get(k, '-')} -> {fb.get(k, '-')}" for k in keys[:limit]]
+    return ", ".join(shown) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _load_record(path: str, dataset: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        if not isinstance(record, dict) or not isinstance(record.get("shards"), list):
+            raise ValueError("it has no list 'shards'")
+    except (OSError, ValueError) as err:
+        raise ParameterError(f"build record {path} cannot be read: {err}; pick another with --build "
+                             f"or rebuild with: {_rebuild(dataset)}") from err
+    if record.get("dataset") not in (None, dataset):
+        raise ParameterError(f"build record {path} is of dataset {record['dataset']!r}, not {dataset!r}; "
+                             f"remove it and rebuild with: {_rebuild(dataset)}")
+    return record
+
+
+def _owner(base: str, digest, *, other_than: str = "") -> str:
+    """The build record (key) under ``base/builds``, other than ``other_than``, that lists a shard
+    of folder ``digest``."""
+    for path in sorted(glob.glob(os.path.join(base, "builds", "*.json"))):
+        if os.path.basename(path)[:-5] == other_than:
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                named = json.load(f).get("shards", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        if any(f"/shards/{digest}/" in "/" + str(p).replace("\\", "/") for p in named):
+            return os.path.basename(path)[:-5]
+    return f"of chain digest {digest} (no build record lists it)"
+
+
+def check_shard(path: str, *, dataset: str, base: str, record: dict | None = None, key: str = "") -> dict:
+    """That shard ``path`` belongs to build ``key`` (its ``record``) of ``dataset`` (issue 19 item 5):
+    its root attributes name the dataset, the chain digest of its folder and the record's
+    configuration, and its size is the record's. Raises ``ShardRefused`` naming the file, else
+    returns the attributes. A file HDF5 cannot open is "cannot be read (truncated or corrupt)"."""
+    attrs = _read_attrs(path)
+    folder = os.path.basename(os.path.dirname(path))
+    build = f"build {key}" if key else f"the shards under {base}"
+    fix = f"remove it (or pick its build with --build) and rebuild with: {_rebuild(dataset, os.path.dirname(base))}"
+    if attrs.get("dataset") != dataset:
+        raise ShardRefused(path, f"{path}: belongs to dataset {attrs.get('dataset')!r}, not {dataset!r} "
+                                 f"({build}); {fix}")
+    if attrs.get("digest") != folder:
+        owner = _owner(base, attrs.get("digest"), other_than=key)
+        raise ShardRefused(path, f"{path}: belongs to build {owner} / dataset {dataset}, not {build}: it was "
+                                 f"copied into folder shards/{folder}; {fix}")
+    if record is None:
+        return attrs
+    if "config" in record and _flat(record["config"]) != _flat(attrs.get("config")):
+        owner = _owner(base, folder, other_than=key)
+        raise ShardRefused(path, f"{path}: belongs to build {owner} / dataset {dataset}, not build {key} "
+                                 f"(configuration {config_diff(record['config'], attrs.get('config'))}); {fix}")
+    files = record.get("files")
+    if files is not None:
+        rel = "/".join([dataset, "shards", folder, os.path.basename(path)])
+        if rel not in files:
+            raise ShardRefused(path, f"{path}: build record {key} lists it under 'shards' but not under 'files' "
+                                     f"(sha256, size): the record was edited; {fix}")
+        size, want = os.path.getsize(path), files[rel].get("bytes")
+        if want is not None and size != want:
+            raise ShardRefused(path, f"{path}: {size} bytes, but build record {key} says {want}: changed, "
+                                     f"truncated or replaced since the build; run avstore verify --dataset "
+                                     f"{dataset} and rebuild with: {_rebuild(dataset, os.path.dirname(base))}")
+    return attrs
+
+
 def find_shards(store: str | os.PathLike, dataset: str, *, build: str | None = None) -> list[str]:
-    """The shard files of one build of ``dataset`` under ``store``.
+    """The shard files of one build of ``dataset`` under ``store``, each checked to belong to it.
 
     The build record ``store/<dataset>/builds/<digest>.json`` (written by ``BuildShards``) names the
     shards of one configuration; ``build`` picks a record (its digest or path), else the newest.
-    Without records, every ``store/<dataset>/shards/*/shard-*.h5``.
+    Without records, every ``store/<dataset>/shards/*/shard-*.h5``, which must then share one
+    configuration. Every shard is checked (``check_shard``, issue 19 item 5): a shard of another
+    build, dataset or configuration, one whose size is not the record's, or one that HDF5 cannot
+    open raises ``ShardRefused`` naming the file.
     """
     base = os.path.join(os.fspath(store), dataset)
     records = sorted(glob.glob(os.path.join(base, "builds", "*.json")), key=os.path.getmtime)
@@ -65,19 +211,40 @@ def find_shards(store: str | os.PathLike, dataset: str, *, build: str | None = N
         if not records:
             raise ParameterError(f"no build record {build!r} under {base}/builds")
     if records:
-        with open(records[-1]) as f:
-            named = json.load(f)["shards"]
-        # the record holds the paths as the build saw them: re-root them under this store
-        paths = [os.path.join(base, *p.replace("\\", "/").split("/")[-3:]) for p in named]
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise ParameterError(f"build record {records[-1]} names shards that are missing: {missing[:3]}; "
-                                 f"rebuild with: luigi --module pipeline BuildShards --dataset {dataset}")
-        return paths
+        return _recorded_shards(records[-1], dataset, base)
     paths = sorted(glob.glob(os.path.join(base, "shards", "*", "shard-*.h5")))
     if not paths:
         raise ParameterError(f"no shards of dataset {dataset!r} under {store}; build them with: "
                              f"luigi --module pipeline BuildShards --dataset {dataset} --store {store}")
+    first = check_shard(paths[0], dataset=dataset, base=base)
+    for p in paths[1:]:
+        attrs = check_shard(p, dataset=dataset, base=base)
+        if _flat(attrs.get("config")) != _flat(first.get("config")):
+            raise ShardRefused(p, f"{p}: belongs to another configuration than {paths[0]} "
+                                  f"({config_diff(first.get('config'), attrs.get('config'))}), and no build "
+                                  f"record under {base}/builds says which to use; remove the other build's "
+                                  f"shards or rebuild with: {_rebuild(dataset, os.fspath(store))} (it writes "
+                                  f"the record)")
+    return paths
+
+
+def _recorded_shards(record_path: str, dataset: str, base: str) -> list[str]:
+    """The shards that build record ``record_path`` lists, re-rooted under ``base`` and checked."""
+    record = _load_record(record_path, dataset)
+    key = os.path.basename(record_path)[:-5]
+    # the record holds the paths as the build saw them: re-root them under this store
+    rels = ["/".join(str(p).replace("\\", "/").split("/")[-3:]) for p in record["shards"]]
+    bad = [r for r in rels if not _SHARD_NAME.fullmatch(r)]
+    if bad:
+        raise ParameterError(f"build record {record_path} names shards that are not shards/<digest>/shard-NNNN.h5: "
+                             f"{bad[:3]}; rebuild with: {_rebuild(dataset)}")
+    paths = [os.path.join(base, *r.split("/")) for r in rels]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ParameterError(f"build record {record_path} names shards that are missing: {missing[:3]}; "
+                             f"rebuild with: {_rebuild(dataset)}")
+    for p in paths:
+        check_shard(p, dataset=dataset, base=base, record=record, key=key)
     return paths
 
 
@@ -127,14 +294,19 @@ def _floats(values) -> np.ndarray:
 
 
 def clip_table(paths: list[str]) -> ClipTable:
+    """The clips of the shards ``paths`` (``find_shards``); a shard that cannot be read raises
+    ``ShardRefused`` naming it."""
     cols = {k: [] for k in ("shard", "index", "id", "status", "label", "speaker", "partition",
                             "valence", "arousal", "n_windows")}
     manifest = {}
     for k, p in enumerate(paths):
         s = Shard(p)
-        c = s.clips
+        with reading(p):
+            c = s.clips
+            off = s._file()["windows/offsets"][()]
+            manifest = manifest or s.attrs.get("manifest", {})
+            s.close()
         n = len(c["id"])
-        off = s._file()["windows/offsets"][()]
         cols["shard"] += [k] * n
         cols["index"] += list(range(n))
         for key in ("id", "status", "label", "speaker"):
@@ -143,8 +315,6 @@ def clip_table(paths: list[str]) -> ClipTable:
         cols["valence"] += list(_floats(c.get("valence", [None] * n)))
         cols["arousal"] += list(_floats(c.get("arousal", [None] * n)))
         cols["n_windows"] += list(np.diff(off))
-        manifest = manifest or s.attrs.get("manifest", {})
-        s.close()
     arr = {k: np.asarray(v, dtype=object if k in ("id", "status", "label", "speaker", "partition") else None)
            for k, v in cols.items()}
     for k in ("shard", "index", "n_windows"):
@@ -185,11 +355,15 @@ class ShardDataset:
             if mode == "window" and FEATURES[name][0] == "clip":
                 raise ParameterError(f"feature {name!r} is per clip; use mode='clip'")
             for s in self.shards:
-                if not has_feature(s, name):
+                with reading(s.path):
+                    found = has_feature(s, name)
+                if not found:
                     raise ParameterError(f"feature {name!r} is not in shard {s.path}: {FEATURES[name][2]}")
         if "pca" in self.features and pca_basis is None:
             for s in self.shards:
-                if not len(s._file()["pca/components"]):
+                with reading(s.path):
+                    fitted = len(s._file()["pca/components"])
+                if not fitted:
                     raise ParameterError(f"shard {s.path} has no landmark PCA basis (too few frames with a "
                                          f"face to fit one): pass pca_basis (models.protocols.fit_pca_basis) "
                                          f"or leave out the feature 'pca'")
@@ -215,7 +389,8 @@ class ShardDataset:
         items = []
         for r in self.clips:
             s = self.shards[t.shard[r]]
-            w = s.windows
+            with reading(s.path):
+                w = s.windows
             idx = np.flatnonzero(w["clip"] == t.index[r])
             if self.drop_no_video:
                 idx = idx[w["video_ok"][idx].astype(bool)]
@@ -306,12 +481,14 @@ class ShardDataset:
                 for j, (r, i) in enumerate(items):
                     by_shard.setdefault(int(t.shard[r]), []).append(j)
                 for sh, js in by_shard.items():
-                    batch = self.shards[sh].window_batch([items[j][1] for j in js])
+                    with reading(self.shards[sh].path):
+                        batch = self.shards[sh].window_batch([items[j][1] for j in js])
                     for j, x in zip(js, batch):
                         images[j] = x
             out = []
             for (r, i), img in zip(items, images):
-                d = self._window(self.shards[t.shard[r]], i, img)
+                with reading(self.shards[t.shard[r]].path):
+                    d = self._window(self.shards[t.shard[r]], i, img)
                 d.update(self._targets(r))
                 out.append(d)
             return out
@@ -319,16 +496,22 @@ class ShardDataset:
         for k in ks:
             r = self.items[k]
             s = self.shards[t.shard[r]]
-            w = s.windows
-            idx = np.flatnonzero(w["clip"] == t.index[r])
-            per = [self._window(s, int(i)) for i in idx] if any(FEATURES[f][0] == "window" for f in self.features) else []
-            d = {name: np.stack([p[name] for p in per]) for name in self.features if FEATURES[name][0] == "window"}
-            d["video_ok"] = np.array([p["video_ok"] for p in per], bool) if per else np.ones(len(idx), bool)
-            d["unit"] = w["unit"][idx].astype(np.int64)
-            d.update(self._clip_level(s, int(t.index[r])))
-            d.update(self._targets(r))
-            out.append(d)
+            with reading(s.path):
+                out.append(self._clip_item(s, r))
         return out
+
+    def _clip_item(self, s: Shard, r: int) -> dict:
+        """One clip-mode item: the clip's windows stacked, its clip-level features and targets."""
+        t = self.table
+        w = s.windows
+        idx = np.flatnonzero(w["clip"] == t.index[r])
+        per = [self._window(s, int(i)) for i in idx] if any(FEATURES[f][0] == "window" for f in self.features) else []
+        d = {name: np.stack([p[name] for p in per]) for name in self.features if FEATURES[name][0] == "window"}
+        d["video_ok"] = np.array([p["video_ok"] for p in per], bool) if per else np.ones(len(idx), bool)
+        d["unit"] = w["unit"][idx].astype(np.int64)
+        d.update(self._clip_level(s, int(t.index[r])))
+        d.update(self._targets(r))
+        return d
 
     def _targets(self, r: int) -> dict:
         d = {"label": self._label(r), "clip": int(r)}
