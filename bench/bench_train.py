@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 import models  # noqa: E402
 from models.data import ShardDataset, clip_table, find_shards, loader  # noqa: E402
-from models.train import _autocast, classes_of, features_of, make_config  # noqa: E402
+from models.train import autocast, classes_of, features_of, make_config  # noqa: E402
 
 SMALL = {"avef": dict(small_crops=True, audio_size=67, audio_channels=(16, 32, 32, 32, 32), visual_size=32,
                       visual_channels=(4, 8, 8, 8, 16, 16, 16, 16), fc=64, dbn_hidden=(32, 16))}
@@ -107,7 +107,7 @@ def bench(name, table, *, device, paper, steps, workers) -> dict:
 
     def step(b):
         b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-        with _autocast(device):
+        with autocast(device):
             out = model(b)
         loss = model.loss(out, b)
         opt.zero_grad(set_to_none=True)

@@ -21,8 +21,14 @@ Decisions the paper leaves open: the first RBM has Gaussian visible units (unit 
 features are real-valued, so they are centred and scaled with the pre-training statistics, kept
 as buffers), the second Bernoulli units (Hinton, "A practical guide to training RBMs", 2010, §13.2);
 the CD-1 statistics use hidden probabilities and a sampled hidden state for the reconstruction
-(ibid. §3). The transfer-learning initialisation from other corpora (§2.2) is the trainer's
-``--init`` (a checkpoint whose matching layers are copied). Without the published pre-trained
+(ibid. §3). Transfer learning (§2.2: initialise the three networks on other corpora, "then keep
+the shallow layers of each network and train the deep layers from scratch") is the trainer's
+``--init CHECKPOINT``: it copies the layers named by :data:`SHALLOW` and leaves the rest as
+initialised. The paper does not say where "shallow" ends; here it is the convolutional layers of
+both CNNs (AlexNet conv1-conv5, C3D conv1a-conv5b: the generic filters, Yosinski et al., "How
+transferable are features in deep neural networks?", 2014) and the DBN's first RBM (8192-4096);
+fc6-fc8 of both CNNs, the second RBM (4096-2048), the softmax layer and the DBN's input statistics
+start afresh (``--init-layers all`` copies every matching tensor instead). Without the published pre-trained
 weights the two CNNs start from He initialisation (He et al., 2015), which trains on small data where
 PyTorch's default initialisation stalls on a plateau for many epochs.
 """
@@ -65,9 +71,10 @@ class AVEFConfig:
     rbm_epochs: int = 10                                 # greedy CD-1 pre-training per RBM
     rbm_lr: float = 0.01
     rbm_batch_size: int = 10
-    svm_degree: int = 3                                  # polynomial kernel (libsvm defaults)
-    svm_coef0: float = 0.0
-    svm_C: float = 1.0
+    svm_degree: int = 3                                  # polynomial kernel, libsvm's defaults (§3: "the
+    svm_coef0: float = 0.0                               # libsvm toolkit [45] using polynomial kernel"):
+    svm_C: float = 1.0                                   # (γ·uᵀv + coef0)^degree, C = 1,
+    svm_gamma: float | str = "auto"                      # γ = 1 / n_features (scikit-learn's "auto")
 
 
 def _out(size: int, k: int, s: int, p: int = 0) -> int:
@@ -272,7 +279,7 @@ class AVEF(nn.Module):
         from sklearn.svm import SVC
 
         return SVC(kernel="poly", degree=self.cfg.svm_degree, coef0=self.cfg.svm_coef0, C=self.cfg.svm_C,
-                   gamma="scale")
+                   gamma=self.cfg.svm_gamma)
 
 
 def label_map(cfg: AVEFConfig, label_set) -> tuple[list, dict]:
@@ -289,3 +296,7 @@ def features(cfg: AVEFConfig) -> tuple:
 
 
 CONFIG, MODEL, MODE, FEATURES = AVEFConfig, AVEF, "window", ("logmel", "crop")
+#: the layers ``--init`` keeps (parameter-name prefixes): the shallow layers of each network (§2.2)
+SHALLOW = ("audio.features.", "visual.features.", "dbn.rbms.0.")
+#: model selection (Table 3): a fixed number of epochs, the last one kept, no early stopping
+SELECT, PATIENCE = "last", None

@@ -63,6 +63,7 @@ class PerceptionConfig:
     dropout: float = 0.5  # §4.1
     optimizer: str = "adadelta"  # §4.1
     lr: float = 1.0
+    batch_size: int = 16  # clips; Chao et al. give none (a documented choice)
     weight_decay: float = 5e-4  # §4.1
 
 
@@ -219,6 +220,8 @@ CONFIG = PerceptionConfig
 MODEL = PerceptionAttention
 MODE = "clip"
 FEATURES = ("logmel", "pca")
+#: §4.1: early stopping; "the best results ... are chosen by the best prediction accuracy in the validation set"
+SELECT = "WA"
 # axis names of the attention maps the trainer plots (models.plots.attention_png)
 ATTENTION = {"alignment": dict(xlabel="video frame", ylabel="audio step (eq 4-6)"),
              "perception": dict(xlabel="emotion embedding n (eq 9)", ylabel="video frame t")}

@@ -46,7 +46,10 @@ def _rows(table, speakers) -> np.ndarray:
 
 
 def _carve_val(speakers: list, *, rng, val_fraction: float) -> tuple[list, list]:
-    """Split training speakers into (train, val): a seeded ``val_fraction`` of them (≥ 1)."""
+    """Split training speakers into (train, val): a seeded ``val_fraction`` of them (≥ 1); none
+    when ``val_fraction`` is 0 (a model trained for a fixed number of epochs, AVEF Table 3)."""
+    if val_fraction <= 0:
+        return sorted(speakers), []
     if len(speakers) < 2:
         raise ParameterError(f"a validation part needs at least 2 training speakers, got {speakers}")
     n_val = min(len(speakers) - 1, max(1, int(round(val_fraction * len(speakers)))))
@@ -54,7 +57,7 @@ def _carve_val(speakers: list, *, rng, val_fraction: float) -> tuple[list, list]
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def _check(table, fold: Fold, *, strict: bool = True) -> Fold:
+def _check(table, fold: Fold, *, strict: bool = True, need_val: bool = True) -> Fold:
     parts = {p: fold.speakers(table, p) for p in ("train", "val", "test")}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         common = parts[a] & parts[b]
@@ -63,7 +66,7 @@ def _check(table, fold: Fold, *, strict: bool = True) -> Fold:
             if strict:
                 raise ParameterError(msg)
             logger.warning("%s (the corpus's own partitions)", msg)
-    for p in ("train", "val", "test"):
+    for p in ("train", "val", "test") if need_val else ("train", "test"):
         if not len(getattr(fold, p)):
             raise ParameterError(f"fold {fold.name}: the {p} part has no usable clip")
     return fold
@@ -123,10 +126,10 @@ def make_folds(table, protocol, *, seed: int = 0, val_fraction: float = 0.1) -> 
             tr, va = _carve_val(sorted(set(table.speaker[train])), rng=rng, val_fraction=val_fraction)
             train, val = _rows(table, tr), _rows(table, va)
             train, val = train[part[train] == "train"], val[part[val] == "train"]
-        return [_check(table, Fold("fixed", train, val, test), strict=False)]
+        return [_check(table, Fold("fixed", train, val, test), strict=False, need_val=val_fraction > 0)]
     else:
         raise ParameterError(f"unknown protocol {name!r}; use loso, logso, kfold or fixed")
-    return [_check(table, f) for f in folds]
+    return [_check(table, f, need_val=val_fraction > 0 or name == "kfold") for f in folds]
 
 
 def fit_pca_basis(table, rows, *, n_components: int = 20) -> dict:

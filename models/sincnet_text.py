@@ -66,6 +66,7 @@ class SincNetTextConfig:
     aux_weight: float = 0.0  # >0 adds the unimodal losses to the fusion loss
     optimizer: str = "adam"  # §3.1
     lr: float = 1e-3  # §3.1
+    batch_size: int = 64  # §3.1: "the batch size in each network [is] fixed at ... 64"
     weight_decay: float = 0.0
 
 
@@ -262,6 +263,8 @@ class SincNetText(nn.Module):
         chunks, owner = torch.cat(chunks), torch.cat(owner)
         outs = [self.audio(chunks[i:i + c.eval_batch]) for i in range(0, len(chunks), c.eval_batch)]
         logits, feat = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        # sums in fp32 whatever the autocast dtype of the chunks (bf16 on a GPU): index_add_ needs one dtype
+        logits, feat = logits.float(), feat.float()
         count = torch.bincount(owner, minlength=B).unsqueeze(1).to(feat.dtype)
         prob = torch.zeros(B, logits.shape[1], device=wav.device).index_add_(0, owner, logits.softmax(-1))
         feat = torch.zeros(B, feat.shape[1], device=wav.device).index_add_(0, owner, feat) / count

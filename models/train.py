@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 import models
+from features.errors import ShardError
 from models import metrics, plots
 from models.data import ShardDataset, clip_table, find_shards, fit_norm, loader
 from models.protocols import dataset_protocol, fit_pca_basis, make_folds
@@ -101,11 +102,14 @@ def _np(d):
             else torch.as_tensor(np.asarray(v)) for k, v in d.items() if k != "fit_clips"}
 
 
-def init_from(model, path) -> list[str]:
-    """Transfer learning (AVEF §2.2): copy the layers of checkpoint ``path`` whose shapes match."""
+def init_from(model, path, *, keep: tuple[str, ...] | None = None) -> list[str]:
+    """Transfer learning: copy the tensors of checkpoint ``path`` whose names start with one of
+    ``keep`` (a model's ``SHALLOW`` layers, AVEF §2.2: "keep the shallow layers of each network and
+    train the deep layers from scratch") and whose shapes match; ``keep=None``: every matching one."""
     src = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     own = model.state_dict()
-    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape]
+    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape
+              and (keep is None or k.startswith(keep))]
     model.load_state_dict({**own, **{k: src[k] for k in copied}})
     return copied
 
@@ -115,26 +119,45 @@ def _to(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _autocast(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_precision(device) -> str:
+    """bf16 autocast on a GPU; fp32 on a CPU, where bf16 is slower on most cores (and oneDNN's bf16
+    Conv3d backward gave sporadic NaN weight gradients with torch 2.13 CPU)."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def autocast(device, precision: str | None = None):
+    """The autocast context of ``--precision``: fp32 (off), bf16 or fp16 (fp16 also takes a
+    ``GradScaler``: see ``grad_scaler``). Parameters and optimiser state stay fp32 either way."""
+    dtype = PRECISIONS[precision or default_precision(device)]
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def grad_scaler(device, precision: str | None = None):
+    """Loss scaling for fp16 (its 5-bit exponent underflows small gradients); a no-op otherwise."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=(precision or default_precision(device)) == "fp16")
 
 
 def _hook(model, module, name):
     return getattr(model, name, None) or getattr(module, name, None)
 
 
-def train_epoch(model, module, dl, opt, device) -> float:
+def train_epoch(model, module, dl, opt, device, precision: str | None = None, scaler=None) -> float:
     model.train()
     loss_fn = _hook(model, module, "loss")
+    scaler = grad_scaler(device, precision) if scaler is None else scaler
     total, n = 0.0, 0
     for batch in dl:
         batch = _to(batch, device)
-        with _autocast(device):
+        with autocast(device, precision):
             out = model(batch)
         loss = loss_fn(out, batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         total, n = total + float(loss.detach()) * len(batch["label"]), n + len(batch["label"])
     return total / max(n, 1)
 
@@ -154,7 +177,7 @@ def _first_map(w, batch, out):
 
 
 @torch.no_grad()
-def predict(model, module, dl, device) -> dict:
+def predict(model, module, dl, device, precision: str | None = None) -> dict:
     """Outputs over a loader: clip, label, logits/pred, embedding, targets, loss; the first
     batch's attention maps."""
     model.eval()
@@ -163,7 +186,7 @@ def predict(model, module, dl, device) -> dict:
     total, n, attention = 0.0, 0, None
     for batch in dl:
         batch = _to(batch, device)
-        with _autocast(device):
+        with autocast(device, precision):
             out = model(batch)
         loss = loss_fn(out, batch)
         total, n = total + float(loss.detach()) * len(batch["label"]), n + len(batch["label"])
@@ -227,7 +250,23 @@ def score(p: dict, *, n_classes: int, clf=None) -> dict:
     return res
 
 
-def _val_metric(res: dict) -> float:
+def selection(module, args) -> tuple[str | None, int | None]:
+    """How a fold picks its model, per paper: the module's ``SELECT`` ("last": the final epoch, as
+    AVEF's fixed 500 epochs, Table 3; "WA"; default UA / mean CCC) and ``PATIENCE`` (None: no early
+    stopping); ``--patience N`` overrides the patience (early stopping on the validation figure)."""
+    patience = args.patience if args.patience is not None else getattr(module, "PATIENCE", 10)
+    select = getattr(module, "SELECT", None)
+    if select == "last" and args.patience is not None:
+        select = None   # early stopping asked for: keep the best validation epoch instead of the last
+    return select, patience
+
+
+def _val_metric(res: dict, select: str | None = None) -> float:
+    """The validation figure that picks the checkpoint: the model module's ``SELECT`` when it names
+    one (Chao §4.1: "the best prediction accuracy in the validation set" = WA), else UA, or the
+    mean CCC of a regression."""
+    if select in res:
+        return float(res[select])
     if "UA" in res:
         return res["UA"]
     cccs = [v for k, v in res.items() if k.startswith("CCC")]
@@ -268,17 +307,24 @@ def train_fold(args, table, fold, out_dir) -> dict:
     parts = {"train": train_ds, "val": ShardDataset(table, fold.val, pca_basis=pca_basis, norm=norm, **kw),
              "test": ShardDataset(table, fold.test, pca_basis=pca_basis, norm=norm, **kw)}
     train_ds.norm = norm
+    select, patience = selection(module, args)
+    if not len(fold.val) and select != "last":
+        raise ValueError(f"fold {fold.name}: choosing the best epoch needs a validation part; give --val-fraction > 0")
+    if not len(fold.val):
+        del parts["val"]   # a fixed number of epochs, the last kept (AVEF): no validation part
     for name, ds in parts.items():
         if not len(ds):
             raise ValueError(f"fold {fold.name}: the {name} part has no item with features {feats}")
-    bs = args.batch_size or getattr(cfg, "batch_size", 16)
+    bs = args.batch_size or cfg.batch_size    # every config carries its paper's batch size
     dl = {name: loader(ds, batch_size=bs, shuffle=name == "train", num_workers=args.num_workers,
                        seed=args.seed, device=device) for name, ds in parts.items()}
     dl_train_eval = loader(train_ds, batch_size=bs, num_workers=args.num_workers, device=device)
 
     model = module.MODEL(cfg).to(device)
     if args.init:
-        logger.info("initialised %d tensors from %s", len(init_from(model, args.init)), args.init)
+        keep = getattr(module, "SHALLOW", None) if args.init_layers == "shallow" else None
+        logger.info("initialised %d tensors from %s (%s)", len(init_from(model, args.init, keep=keep)), args.init,
+                    "the layers " + ", ".join(keep) if keep else "every matching layer")
     log = {}
     pretrain = getattr(model, "pretrain", None)
     if pretrain:
@@ -289,35 +335,36 @@ def train_fold(args, table, fold, out_dir) -> dict:
         model.parameters(), lr=getattr(cfg, "lr", 1e-3), weight_decay=getattr(cfg, "weight_decay", 0.0))
     epochs = args.epochs or getattr(cfg, "epochs", 50)
     history, best, best_state, bad = [], -np.inf, None, 0
+    scaler = grad_scaler(device, args.precision)
     for epoch in range(epochs):
         hook = _hook(model, module, "on_epoch_start")
         if hook:
             hook(epoch)
-        train_loss = train_epoch(model, module, dl["train"], opt, device)
-        pv = predict(model, module, dl["val"], device)
-        val = score(pv, n_classes=len(classes))
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": pv["loss"],
-                        "val_metric": _val_metric(val)})
+        train_loss = train_epoch(model, module, dl["train"], opt, device, args.precision, scaler)
+        pv = predict(model, module, dl["val"], device, args.precision) if "val" in dl else None
+        val_metric = _val_metric(score(pv, n_classes=len(classes)), select) if pv else float("nan")
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": pv["loss"] if pv else float("nan"),
+                        "val_metric": val_metric})
         logger.info("%s epoch %d: train loss %.4f, validation loss %.4f, metric %.4f", fold.name, epoch,
-                    train_loss, pv["loss"], history[-1]["val_metric"])
-        if history[-1]["val_metric"] > best or best_state is None:   # (a NaN metric never compares greater)
+                    train_loss, history[-1]["val_loss"], val_metric)
+        if select == "last" or history[-1]["val_metric"] > best or best_state is None:   # (NaN never compares greater)
             best, bad = history[-1]["val_metric"], 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             best_epoch = epoch
         else:
             bad += 1
-            if bad >= args.patience:
+            if patience is not None and bad >= patience:
                 break
     model.load_state_dict(best_state)
 
     clf, extra = None, {}
     if hasattr(model, "clip_classifier") and classes and module.MODE == "window":
-        ptr = predict(model, module, dl_train_eval, device)
+        ptr = predict(model, module, dl_train_eval, device, args.precision)
         clips, X = pool(ptr["clip"], ptr["embedding"])
         y = ptr["label"][np.unique(ptr["clip"], return_index=True)[1]]
         clf = model.clip_classifier().fit(X, y)
         extra["clip_train"] = {"X": torch.as_tensor(X, dtype=torch.float32), "y": torch.as_tensor(y)}
-    pt = predict(model, module, dl["test"], device)
+    pt = predict(model, module, dl["test"], device, args.precision)
     test = score(pt, n_classes=len(classes), clf=clf)
     outs = clip_outputs(pt, clf=clf)
     os.makedirs(out_dir, exist_ok=True)
@@ -367,19 +414,29 @@ def parse_args(argv=None):
     p.add_argument("--folds", type=int, help="k-fold folds")
     p.add_argument("--fold", type=int, action="append", help="run only this fold (repeatable); default all")
     p.add_argument("--epochs", type=int, help="maximum epochs (default: the config's)")
-    p.add_argument("--patience", type=int, default=10, help="early stopping: epochs without a better validation metric")
+    p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation figure "
+                                                "(default: the paper's; AVEF trains all its epochs, the others 10)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--store", default="store")
     p.add_argument("--build", help="build record digest (default: the newest)")
     p.add_argument("--out", default="runs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=float,
+                   help="training speakers held out for validation (default 0.1; 0 for a model that keeps its "
+                        "last epoch without early stopping, AVEF)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=list(PRECISIONS),
+                   help="autocast dtype of the forward passes: fp32 | bf16 | fp16 (fp16 with loss scaling); "
+                        "default bf16 on a GPU, fp32 on a CPU")
     p.add_argument("--no-refit-pca", dest="refit_pca", action="store_false",
                    help="use the shards' landmark PCA instead of refitting it on the training part")
-    p.add_argument("--init", help="checkpoint to initialise matching layers from (transfer learning)")
+    p.add_argument("--init", help="transfer learning: a checkpoint (trained on other corpora) to initialise layers from; "
+                                  "for AVEF the shallow layers (both CNNs' convolutions and the DBN's first RBM, "
+                                  "§2.2), the deep ones start afresh; other models: every layer whose shape matches")
+    p.add_argument("--init-layers", choices=("shallow", "all"), default="shallow",
+                   help="with --init: the model's shallow layers (default) or every matching layer")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="config field override, VALUE as JSON (e.g. --set small_crops=true)")
     args = p.parse_args(argv)
@@ -406,6 +463,8 @@ def main(argv=None) -> dict:
     if args.folds:
         protocol["folds"] = args.folds
     args.protocol_spec = protocol
+    if args.val_fraction is None:   # a model kept at its last epoch (AVEF) trains on every training speaker
+        args.val_fraction = 0.0 if selection(models.load(args.model), args)[0] == "last" else 0.1
     folds = make_folds(table, protocol, seed=args.seed, val_fraction=args.val_fraction)
     chosen = args.fold if args.fold is not None else range(len(folds))
     proto_dir = os.path.join(args.out, args.model, args.dataset, protocol["name"])
@@ -423,10 +482,12 @@ def main(argv=None) -> dict:
 
 def cli(argv=None) -> int:
     """``python -m models.train``: a mistake in the arguments, the shards or the targets (ValueError,
-    a missing file) prints its message and exits with status 2, without a traceback."""
+    a missing file), a shard of another build or one that cannot be read (``ShardError``, also from
+    a DataLoader worker; the store's ``CorruptShard``; an HDF5 OSError: issue 19 item 5) prints its
+    message and exits with status 2, without a traceback."""
     try:
         main(argv)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, ShardError) as err:
         print(f"models.train: error: {err}", file=sys.stderr)
         return 2
     return 0

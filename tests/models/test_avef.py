@@ -75,3 +75,32 @@ def test_table2_mapping_and_svm():
     assert {k for k, v in mapping.items() if v == 1} == {"happiness", "surprise"}
     clf = AVEF(AVEFConfig(**TINY)).clip_classifier()
     assert isinstance(clf, SVC) and clf.kernel == "poly"
+    # libsvm's defaults (the paper's toolkit): gamma = 1 / n_features, degree 3, coef0 0, C 1
+    X = np.random.default_rng(0).normal(size=(40, 16)) * 3
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    libsvm = SVC(kernel="poly", degree=3, coef0=0.0, C=1.0, gamma=1 / 16).fit(X, y)
+    np.testing.assert_allclose(clf.fit(X, y).decision_function(X), libsvm.decision_function(X), rtol=1e-6)
+
+
+def test_init_keeps_the_shallow_layers_and_restarts_the_deep_ones(tmp_path):
+    """§2.2: initialised on other corpora, "keep the shallow layers of each network and train the deep
+    layers from scratch" (shallow: the convolutions and the first RBM, models.avef.SHALLOW)."""
+    from models import avef
+    from models.train import init_from, parse_args, save_checkpoint
+
+    torch.manual_seed(0)
+    source = AVEF(AVEFConfig(**TINY))
+    save_checkpoint(tmp_path / "src.pt", name="avef", model=source, cfg=source.cfg, extra={})
+    torch.manual_seed(1)
+    target = AVEF(AVEFConfig(**TINY))
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    copied = init_from(target, tmp_path / "src.pt", keep=avef.SHALLOW)
+    assert copied and all(k.startswith(avef.SHALLOW) for k in copied)
+    src = source.state_dict()
+    for k, v in target.state_dict().items():
+        kept = k.startswith(avef.SHALLOW)
+        assert torch.equal(v, src[k] if kept else fresh[k]), k
+    assert {"audio.features.0.weight", "visual.features.0.weight", "dbn.rbms.0.W"} <= set(copied)
+    assert not {"audio.fc6.weight", "visual.fc7.weight", "dbn.rbms.1.W", "dbn.out.weight"} & set(copied)
+    assert len(init_from(AVEF(AVEFConfig(**TINY)), tmp_path / "src.pt")) == len(src)   # --init-layers all
+    assert parse_args(["--model", "avef", "--dataset", "d", "--init", "x"]).init_layers == "shallow"

@@ -36,6 +36,16 @@ def test_loso_tests_every_speaker_once_speaker_disjoint():
         assert t.usable[parts].all()
 
 
+@pytest.mark.parametrize("protocol", ["loso", {"name": "logso", "groups": 3}])
+def test_no_validation_part_trains_on_every_other_speaker(protocol):
+    """AVEF keeps its last epoch (Table 3) and needs no validation part: with val_fraction 0 a LOSO
+    fold trains on all the other speakers (§4.2), not on all but the held-out validation ones."""
+    t = fake_table()
+    for f in make_folds(t, protocol, seed=0, val_fraction=0.0):
+        assert not len(f.val)
+        assert set(t.speaker[f.train]) == set(t.speaker[t.usable]) - set(t.speaker[f.test])
+
+
 def test_seeded():
     t = fake_table()
     a, b, c = (make_folds(t, {"name": "logso", "groups": 3}, seed=s) for s in (0, 0, 1))
