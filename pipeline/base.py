@@ -4,11 +4,15 @@ A stage's digest covers its name, its ``CODE_VERSION``, its own significant para
 digests of the stages it requires and, for the first stage, the identity of its clips (id, file
 name, size, mtime). Change a parameter and only that stage and its descendants get new paths; the
 others are found where they were (the gokart pattern). The same facts are written as JSON beside
-each output (``<stage>/<digest>/stage.json``) and into its HDF5 attributes.
+each output (``<stage>/<digest>/stage.json``) and into its HDF5 attributes; ``stage.json`` also
+records each output's sha256, size and mtime, and an output that no longer matches is computed
+again (issue 19 item 4).
 """
 from __future__ import annotations
 
 import datetime
+import errno
+import fcntl
 import functools
 import getpass
 import hashlib
@@ -18,6 +22,7 @@ import math
 import os
 import platform
 import secrets
+import shutil
 import socket
 import zlib
 from contextlib import contextmanager
@@ -95,25 +100,45 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _stale(entry: str, host: str) -> bool:
+    """``entry`` is a temporary file name of a dead process of ``host``."""
+    if not entry.startswith(".") or TMP_MARK not in entry:
+        return False
+    owner = entry.rsplit(TMP_MARK, 1)[1].rsplit("-", 2)  # host (may hold '-'), pid, random
+    return len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _pid_alive(int(owner[1]))
+
+
+def _remove(path: str) -> bool:
+    try:
+        os.remove(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def remove_stale_temps(path: str) -> list[str]:
     """Remove the temporary files of ``path`` left by dead processes of this host (a build killed
     with SIGKILL leaves its temporary file behind; the rerun of the same task removes it)."""
     folder, name = os.path.split(path)
-    prefix, host, removed = f".{name}{TMP_MARK}", socket.gethostname(), []
+    prefix, host = f".{name}{TMP_MARK}", socket.gethostname()
     try:
         entries = os.listdir(folder or ".")
     except FileNotFoundError:
-        return removed
-    for entry in entries:
-        if not entry.startswith(prefix):
-            continue
-        owner = entry[len(prefix):].rsplit("-", 2)  # host (may hold '-'), pid, random
-        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _pid_alive(int(owner[1])):
-            try:
-                os.remove(os.path.join(folder, entry))
-                removed.append(entry)
-            except FileNotFoundError:
-                pass
+        return []
+    return [e for e in entries if e.startswith(prefix) and _stale(e, host) and _remove(os.path.join(folder, e))]
+
+
+def sweep_stale_temps(root: str) -> list[str]:
+    """Remove every temporary file under ``root`` left by a dead process of this host (issue 19
+    item 9): a kill between ``os.link()`` and ``os.remove()`` in ``publish`` leaves a hidden temp
+    beside a *complete* output, which no rerun of that task would ever reach. ``BuildShards``
+    calls this once per build; only names holding ``TMP_MARK`` are looked at. Returns the paths."""
+    host, removed = socket.gethostname(), []
+    for folder, _, names in os.walk(root):
+        removed += [os.path.join(folder, n) for n in names
+                    if _stale(n, host) and _remove(os.path.join(folder, n))]
+    for path in removed:
+        logger.info("removed the temporary file %s of a dead process", path)
     return removed
 
 
@@ -122,10 +147,14 @@ def temp_name(path: str) -> str:
     return os.path.join(folder, f".{name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def publish(tmp: str, path: str) -> bool:
+def publish(tmp: str, path: str, *, replace: bool = False) -> bool:
     """Give the finished file ``tmp`` the name ``path`` atomically, keeping a file already there
     (a concurrent build's identical output: its bytes, and the sha256 recorded for it, stay).
-    Returns False when ``path`` existed (``tmp`` is then removed)."""
+    Returns False when ``path`` existed (``tmp`` is then removed). ``replace``: take the place
+    of a file already there (a damaged output being repaired, a build record)."""
+    if replace:
+        os.replace(tmp, path)
+        return True
     try:
         os.link(tmp, path)  # atomic and fails when path exists
     except FileExistsError:
@@ -139,7 +168,7 @@ def publish(tmp: str, path: str) -> bool:
 
 
 @contextmanager
-def atomic_path(path: str):
+def atomic_path(path: str, *, replace: bool = False):
     """``with atomic_path(p) as tmp: write(tmp)``: readers see ``p`` whole or not at all; a
     failure or a kill leaves only a hidden temporary file, removed by the next attempt."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -147,10 +176,76 @@ def atomic_path(path: str):
     tmp = temp_name(path)
     try:
         yield tmp
-        publish(tmp, path)
+        publish(tmp, path, replace=replace)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def locked(folder: str):
+    """An exclusive ``flock`` on ``folder`` (no lock file is left): publishing an output and
+    recording its sha256 in ``stage.json`` are one step for the processes of this host. Where
+    the file system has no ``flock`` the step runs unlocked."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            logger.debug("no lock on %s: %s", folder, err)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# -- disk full (issue 19 item 2) -------------------------------------------------------------------
+SPACE_MARGIN = 1 << 20  # HDF5 metadata, chunk headers: an output needs at most its arrays + 10 % + this
+
+
+def array_bytes(groups: dict) -> int:
+    """The uncompressed size of ``{group: {name: array}}`` (strings: their UTF-8 bytes): an upper
+    bound of what the compressed HDF5 file takes, before ``SPACE_MARGIN``."""
+    import numpy as np
+
+    total = 0
+    for arrays in groups.values():
+        for data in arrays.values():
+            data = np.asarray(data)
+            total += sum(len(str(v).encode()) + 16 for v in data.ravel()) if data.dtype.kind in "OUS" else data.nbytes
+    return total
+
+
+def no_space(path: str, err: object = "") -> OSError:
+    """The error a full disk gives: it names the file, says "no space left on device" and what to do."""
+    return OSError(errno.ENOSPC, f"no space left on device for {path}{f' ({err})' if err else ''}: free some "
+                                 f"space there (or set [paths] store elsewhere) and run the build again; the "
+                                 f"outputs already written are kept and nothing half-written was published")
+
+
+def ensure_space(path: str, need: int) -> None:
+    """Refuse to start writing ``path`` when its file system has less than ``need`` bytes (plus
+    10 % and ``SPACE_MARGIN``) free. HDF5 meeting ENOSPC while it flushes its chunk cache crashes
+    the process (SIGSEGV in h5py, measured on a 1 MiB tmpfs): this check comes first."""
+    want = int(need * 1.1) + SPACE_MARGIN
+    free = shutil.disk_usage(os.path.dirname(path) or ".").free
+    if free < want:
+        raise no_space(path, f"about {want / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free")
+
+
+@contextmanager
+def enospc_named(path: str):
+    """Turn an ENOSPC met while writing ``path`` (h5py says it as OSError or RuntimeError) into
+    ``no_space(path)``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
+            raise no_space(path, "the disk filled while writing") from err
+        raise
+
+
+class DamagedInput(RuntimeError):
+    """An input of a stage does not match the sha256 recorded for it (issue 19 item 4)."""
 
 
 class StoreTarget(luigi.LocalTarget):
@@ -188,14 +283,25 @@ class BatchTask(luigi.Task):
         loads its models there (``warm_up``): dlib's detector and 68-point predictor take ~1.3 s
         to load, once instead of once per batch.
 
-        A stage with ``PULL`` whose output is in the configured ``[remote]`` downloads it here
-        (verified, atomically): complete() is True and Luigi never schedules its upstream stages.
+        An output that is there but does not match the size and sha256 recorded for it in
+        ``stage.json`` (truncated, a byte changed, replaced; or never recorded) is not complete
+        (issue 19 item 4): the stage runs again and its output replaces the damaged file.
+        Size and mtime unchanged count as unchanged (``catalog.file_problem``).
+
+        A stage with ``PULL`` whose output is missing and in the configured ``[remote]`` downloads
+        it here (verified, atomically): complete() is True and Luigi never schedules its upstream
+        stages. A damaged output is computed again, not pulled over.
         """
-        done = super().complete()
-        if not done and self.PULL:
+        path = self.output().path
+        exists = os.path.exists(path)
+        done = exists and self.output_intact()
+        if not exists and self.PULL:
             from pipeline import remote
 
             done = remote.pull_output(self)
+            if done:  # verified against the remote's sha256: recorded as this store's own
+                with locked(self.stage_dir()):
+                    self.record_output()
         if not done:
             _warm_up()
             try:
@@ -224,7 +330,10 @@ class BatchTask(luigi.Task):
 
     def chain(self) -> dict:
         if not hasattr(self, "_chain"):
-            chain = {"stage": self.STAGE, "code_version": self.CODE_VERSION, "params": self.own_params(),
+            from features.store import FORMAT_VERSION  # issue 19: a new file format gets new paths
+
+            chain = {"stage": self.STAGE, "code_version": self.CODE_VERSION, "format_version": FORMAT_VERSION,
+                     "params": self.own_params(),
                      "inputs": {k: t.chain_digest() for k, t in sorted(self.inputs().items())}}
             if not chain["inputs"]:
                 chain["clips"] = [c.identity() for c in self.clips()]
@@ -249,13 +358,90 @@ class BatchTask(luigi.Task):
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "builder": f"{getpass.getuser()}@{platform.node()}"}
 
-    def write_stage_json(self) -> None:
-        """``stage.json`` beside the outputs: why files with this digest exist."""
-        path = os.path.join(self.stage_dir(), "stage.json")
-        if not os.path.exists(path):
-            with atomic_path(path) as tmp, open(tmp, "w") as f:
-                json.dump({"stage": self.STAGE, "digest": self.chain_digest(), "chain": self.chain()},
-                          f, indent=1, sort_keys=True, default=str)
+    # -- outputs and their records (issue 19 items 2 and 4) -----------------------------------
+    def stage_json_path(self) -> str:
+        return os.path.join(self.stage_dir(), "stage.json")
+
+    def stage_json(self) -> dict:
+        """``stage.json`` beside the outputs: why files with this digest exist (the chain) and
+        ``files``: {output name: {sha256, bytes, mtime_ns}}. {} when absent or unreadable."""
+        try:
+            with open(self.stage_json_path(), encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def output_problem(self, *, trust_stat: bool = True) -> str | None:
+        """What is wrong with the output against its record in ``stage.json``, or None."""
+        from pipeline.catalog import file_problem
+
+        path = self.output().path
+        meta = self.stage_json().get("files", {}).get(os.path.basename(path))
+        if not isinstance(meta, dict):
+            return f"no sha256 recorded for it in {self.stage_json_path()}" if os.path.exists(path) else "missing"
+        return file_problem(path, meta, trust_stat=trust_stat)
+
+    def output_intact(self) -> bool:
+        """``output_problem`` is None; a problem is looked at again under ``locked``, so that an
+        output another process has published but not yet recorded is not taken for damaged."""
+        problem = self.output_problem()
+        if problem and problem != "missing":
+            with locked(self.stage_dir()):
+                problem = self.output_problem()
+        if problem:
+            logger.warning("%s: %s; computing it again", self.output().path, problem)
+        return problem is None
+
+    def record_output(self) -> None:
+        """Record the output's sha256, size and mtime in ``stage.json`` (call under ``locked``)."""
+        from pipeline.catalog import file_facts
+
+        path = self.output().path
+        doc = self.stage_json()
+        files = {**doc.get("files", {}), os.path.basename(path): file_facts(path)}
+        doc = {"stage": self.STAGE, "digest": self.chain_digest(), "chain": self.chain(), "files": files}
+        with atomic_path(self.stage_json_path(), replace=True) as tmp, open(tmp, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True, default=str)
+
+    @contextmanager
+    def writing(self, need: int):
+        """``with self.writing(nbytes) as tmp: write(tmp)``: the output is written to a hidden
+        temporary name, then published and its sha256 recorded in ``stage.json`` as one step
+        (``locked``). A file already there that matches its record is kept (a concurrent
+        build's); a damaged or unrecorded one is replaced. ``need`` (bytes, uncompressed) is
+        checked against the free space first; a full disk is an ``OSError`` ENOSPC naming the file
+        (issue 19 item 2), and leaves nothing but the removed temporary file."""
+        path = self.output().path
+        with enospc_named(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        ensure_space(path, need)
+        remove_stale_temps(path)
+        tmp = temp_name(path)
+        try:
+            with enospc_named(path):
+                yield tmp
+                with locked(os.path.dirname(path)):
+                    damaged = os.path.exists(path) and self.output_problem(trust_stat=False) is not None
+                    publish(tmp, path, replace=damaged)
+                    self.record_output()
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def check_inputs(self) -> None:
+        """Every input's sha256 against its ``stage.json``, before a byte of it is copied (issue
+        19 item 4: a damaged intermediate never reaches a shard). A damaged one is removed, so
+        the next build computes it again; this task fails with a message that says so."""
+        for task in self.inputs().values():
+            path = task.output().path
+            with locked(os.path.dirname(path)):
+                problem = task.output_problem(trust_stat=False)
+                if problem and problem != "missing":
+                    _remove(path)
+            if problem:
+                raise DamagedInput(f"{path}: {problem}; not copied into {self.output().path}. The file "
+                                   f"was removed: run the build again to compute it anew")
 
     def progress(self, done: int, total: int, what: str) -> None:
         self.set_progress_percentage(int(100 * done / max(total, 1)))
@@ -293,6 +479,5 @@ class BatchTask(luigi.Task):
     def write(self, groups: dict, compression: dict | None = None) -> None:
         from features import store
 
-        self.write_stage_json()
-        with atomic_path(self.output().path) as tmp:
+        with self.writing(array_bytes(groups)) as tmp:
             store.write(tmp, attrs=self.provenance(), groups=groups, compression=compression)

@@ -6,12 +6,14 @@ hash-chain digests, so the same configuration on the same clips gives the same k
 machine). ``BuildShards`` writes into that record, besides the summary, what the catalog needs
 (``build_facts``): the sha256 and size of every shard, the configuration of every stage, the
 stage digests and code versions, who built it (``user@host``, from the environment; never a
-credential) and when. ``verify`` recomputes the sha256 of every recorded shard.
+credential) and when. ``verify`` recomputes the sha256 of every recorded shard and of every
+stage output (against the sha256 its ``stage.json`` records), and names shards that no build
+record names and datasets whose build records are missing (issue 19 item 4).
 
 ::
 
     avstore catalog [--dataset demo] [--json]      # datasets, feature sets, shards, sizes, clips, builder
-    avstore verify  [--dataset demo]               # exit 1 and the shard's name when a byte changed
+    avstore verify  [--dataset demo]               # exit 1 and the file's name when a byte changed
     avstore diff KEY_A KEY_B                       # the configuration difference of two feature sets
     avstore push --dataset demo [--build KEY] [--remote URL]
     avstore pull --dataset demo [--build KEY] [--remote URL]
@@ -41,21 +43,43 @@ def sha256_file(path: str, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def file_facts(path: str) -> dict:
+    """What a record holds of a file: sha256, size and (this machine's) mtime in ns."""
+    st = os.stat(path)
+    return {"sha256": sha256_file(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def file_problem(path: str, meta: dict, *, trust_stat: bool = False) -> str | None:
+    """What is wrong with ``path`` against its record ``meta`` (``file_facts``), or None.
+
+    Missing, another size, or another sha256 (a flipped byte, a replaced file). With
+    ``trust_stat`` a file whose size and mtime (ns) are the recorded ones is taken as unchanged
+    without reading it, as make and rsync do (issue 19 item 4: a rerun with nothing to do stays
+    within 5 s for 1,500 clips); any write changes the mtime and brings the sha256 back in."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    if st.st_size != meta.get("bytes"):
+        return f"size {st.st_size} bytes, recorded {meta.get('bytes')}"
+    if trust_stat and st.st_mtime_ns == meta.get("mtime_ns"):
+        return None
+    got = sha256_file(path)
+    return None if got == meta.get("sha256") else f"sha256 {got} does not match the recorded {meta.get('sha256')}"
+
+
 def builder() -> str:
     """``user@host`` from the environment (the login name, not a credential)."""
     return f"{getpass.getuser()}@{platform.node()}"
 
 
 def build_facts(store: str, shard_paths: list[str]) -> dict:
-    """What a build record holds besides the summary: every shard's sha256 and size (keyed by its
-    path relative to the store), the configuration of the first shard (all shards of a build share
-    it), the builder and the time."""
+    """What a build record holds besides the summary: every shard's sha256, size and mtime (keyed
+    by its path relative to the store), the configuration of the first shard (all shards of a
+    build share it), the builder and the time."""
     from features.store import read_attrs
 
-    files = {}
-    for path in shard_paths:
-        rel = os.path.relpath(path, store).replace(os.sep, "/")
-        files[rel] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+    files = {os.path.relpath(path, store).replace(os.sep, "/"): file_facts(path) for path in shard_paths}
     attrs = read_attrs(shard_paths[0]) if shard_paths else {}
     return {"record_format": RECORD_FORMAT, "dataset": attrs.get("dataset"), "files": files,
             "config": attrs.get("config", {}), "stages": attrs.get("stages", {}),
@@ -63,6 +87,12 @@ def build_facts(store: str, shard_paths: list[str]) -> dict:
                               "shards": attrs.get("chain", {}).get("code_version")},
             "builder": builder(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def record_problems(store: str, record: dict, *, trust_stat: bool = False) -> list[tuple[str, str]]:
+    """[(shard, problem)] of one build record's shards (``file_problem``)."""
+    return [(rel, why) for rel, meta in sorted(record.get("files", {}).items())
+            if (why := file_problem(os.path.join(store, rel), meta, trust_stat=trust_stat))]
 
 
 # -- reading the store ------------------------------------------------------------------------------
@@ -110,10 +140,30 @@ def catalog(store: str, dataset: str | None = None) -> dict:
     return out
 
 
+def stage_outputs(store: str, dataset: str) -> dict[str, dict | None]:
+    """{output: its record in stage.json, or None} for every stage output of a dataset on disk
+    (``<stage>/<digest>/*.h5``, shards included; paths relative to the store)."""
+    out = {}
+    for folder in sorted(glob.glob(os.path.join(store, dataset, "*", "[0-9a-f]*"))):
+        try:
+            with open(os.path.join(folder, "stage.json"), encoding="utf-8") as f:
+                files = json.load(f).get("files", {})
+        except (OSError, ValueError, AttributeError):
+            files = {}
+        for path in sorted(glob.glob(os.path.join(folder, "*.h5"))):
+            meta = files.get(os.path.basename(path))
+            out[os.path.relpath(path, store).replace(os.sep, "/")] = meta if isinstance(meta, dict) else None
+    return out
+
+
 def verify(store: str, dataset: str | None = None) -> list[tuple[str, str]]:
-    """[(shard, problem)] over every recorded shard: sha256 or size differs, or the file is gone."""
+    """[(file, problem)] (issue 19 item 4): every shard a build record names (sha256 or size
+    differs, or the file is gone), every stage output against the sha256 in its ``stage.json``
+    (or none recorded), shards that no build record names, and a dataset with shards but no
+    build record."""
     problems = []
     for ds in [dataset] if dataset else datasets(store):
+        recorded = {}  # shard -> the sha256 a build record gives it
         for key, rec in records(store, ds).items():
             if "error" in rec:
                 problems.append((f"{ds}/builds/{key}.json", rec["error"]))
@@ -121,15 +171,42 @@ def verify(store: str, dataset: str | None = None) -> list[tuple[str, str]]:
             if "files" not in rec:
                 problems.append((f"{ds}/builds/{key}.json", "no sha256 recorded (built before the "
                                  "catalog existed): rebuild or delete the record"))
-            for rel, meta in sorted(rec.get("files", {}).items()):
-                path = os.path.join(store, rel)
-                if not os.path.isfile(path):
-                    problems.append((rel, "missing"))
-                elif os.path.getsize(path) != meta["bytes"]:
-                    problems.append((rel, f"size {os.path.getsize(path)} bytes, recorded {meta['bytes']}"))
-                elif (got := sha256_file(path)) != meta["sha256"]:
-                    problems.append((rel, f"sha256 {got} does not match the recorded {meta['sha256']}"))
+            recorded.update({rel: meta.get("sha256") for rel, meta in rec.get("files", {}).items()})
+            problems += record_problems(store, rec)
+        on_disk = shard_files(store, ds)
+        if on_disk and not recorded:
+            problems.append((f"{ds}/builds", f"no build record for the {len(on_disk)} shard(s) of {ds}: "
+                             f"run BuildShards --dataset {ds} to record them"))
+        else:
+            problems += [(rel, "no build record names this shard (an unfinished build?): run BuildShards "
+                          "to record it, or delete it") for rel in on_disk if rel not in recorded]
+        for rel, meta in stage_outputs(store, ds).items():
+            if meta is not None and recorded.get(rel) == meta.get("sha256"):
+                continue  # a shard whose bytes the build record's check has just read
+            why = ("no sha256 recorded for it in stage.json: rerun the build to compute it again" if meta is None
+                   else file_problem(os.path.join(store, rel), meta))
+            if why and not any(rel == p for p, _ in problems):
+                problems.append((rel, why))
     return problems
+
+
+def refresh_records(store: str, dataset: str, files: dict, *, keep: str) -> list[str]:
+    """Give the other build records of ``dataset`` that name one of ``files`` ({shard: facts})
+    its new facts: a shard rebuilt after damage (issue 19 item 4) lies at the same hash-chain
+    path and holds the same data, with new bytes (its ``created`` time). Returns the keys."""
+    from pipeline.base import atomic_path
+
+    changed = []
+    for key, rec in records(store, dataset).items():
+        stale = {rel: meta for rel, meta in files.items()
+                 if key != keep and rel in rec.get("files", {}) and rec["files"][rel].get("sha256") != meta["sha256"]}
+        if stale:
+            rec["files"].update(stale)
+            with atomic_path(os.path.join(store, dataset, "builds", f"{key}.json"), replace=True) as tmp, \
+                    open(tmp, "w") as f:
+                json.dump(rec, f, indent=1)
+            changed.append(key)
+    return changed
 
 
 def find_record(store: str, ref: str, dataset: str | None = None) -> tuple[str, str, dict]:
@@ -237,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("catalog", help="datasets, feature sets, shards, sizes, clips, builder, time")
     p.add_argument("--dataset")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p = sub.add_parser("verify", help="check every shard's sha256 against its build record")
+    p = sub.add_parser("verify", help="check every shard's sha256 against its build record and every "
+                                      "stage output's against its stage.json")
     p.add_argument("--dataset")
     p = sub.add_parser("diff", help="the configuration difference between two feature sets")
     p.add_argument("a", help="feature set key (or a unique prefix)")
@@ -257,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "verify":
         problems = verify(store, args.dataset)
-        n = sum(len(r.get("files", {})) for ds in ([args.dataset] if args.dataset else datasets(store))
-                for r in records(store, ds).values())
+        names = [args.dataset] if args.dataset else datasets(store)
+        n = sum(len(r.get("files", {})) for ds in names for r in records(store, ds).values())
+        m = sum(len(stage_outputs(store, ds)) for ds in names)
         for rel, why in problems:
             print(f"FAILED {rel}: {why}")
-        print(f"verify: {n} shards, {len(problems)} problem(s)")
+        print(f"verify: {n} recorded shards, {m} stage outputs, {len(problems)} problem(s)")
         return 1 if problems else 0
     if args.command == "diff":
         (da, ka, ra), (db, kb, rb) = find_record(store, args.a, args.dataset), find_record(store, args.b, args.dataset)
@@ -277,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     url = args.remote or _config("remote", "url", "")
     if not url:
         raise SystemExit("avstore: no remote: pass --remote URL or set [remote] url in workflows.cfg")
-    r = remote.Remote(url)
     try:
+        r = remote.Remote(url)
         if args.command == "push":
             n = remote.push(store, r, args.dataset, args.build)
         else:

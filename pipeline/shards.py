@@ -10,8 +10,9 @@ import numpy as np
 
 from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment, clip_table, read_input
 from pipeline.video import Align, Faces, LandmarkPCA
-from pipeline.base import BatchTask, StoreTarget, digest, logger, n_batches, paths
-from pipeline.catalog import build_facts
+from pipeline.base import (BatchTask, StoreTarget, array_bytes, atomic_path, digest, logger, n_batches, paths,
+                           sweep_stale_temps)
+from pipeline.catalog import build_facts, record_problems, refresh_records
 from pipeline.embeddings import EMBEDDINGS
 from pipeline.manifest import get_dataset
 
@@ -79,6 +80,7 @@ class Shard(BatchTask):
         from features import store
 
         inp = self.requires()
+        self.check_inputs()  # sha256 of every input against its stage.json (issue 19 item 4)
         dec, seg = read_input(inp["decode"]), read_input(inp["segment"])
         clips = self.clips()
         ds = get_dataset(self.manifest, self.dataset)
@@ -109,11 +111,10 @@ class Shard(BatchTask):
         attrs["stages"] = {name: t.chain_digest() for name, t in inp.items()}
         attrs["code_versions"] = {name: t.CODE_VERSION for name, t in inp.items()}
         attrs["manifest"] = {k: v for k, v in vars(ds).items() if k not in ("manifest", "root")}
-        self.write_stage_json()
-        with self.output().temporary_path() as tmp:
-            # Decode's audio group is the pre-emphasised scratch signal; the shard's audio/ is Waveform's
-            store.assemble(tmp, sources=[t.output().path for k, t in inp.items() if k != "decode"], attrs=attrs,
-                           groups=groups, skip=("clips",))
+        # Decode's audio group is the pre-emphasised scratch signal; the shard's audio/ is Waveform's
+        sources = [t.output().path for k, t in inp.items() if k != "decode"]
+        with self.writing(array_bytes(groups) + sum(os.path.getsize(p) for p in sources)) as tmp:
+            store.assemble(tmp, sources=sources, attrs=attrs, groups=groups, skip=("clips",))
 
     @staticmethod
     def pca20(shape49: np.ndarray, basis_task) -> np.ndarray:
@@ -176,12 +177,56 @@ class BuildShards(luigi.Task):
         key = digest(sorted(t.chain_digest() for t in self.requires()))
         return StoreTarget(os.path.join(self.store, self.dataset, "builds", f"{key}.json"))
 
+    def complete(self) -> bool:
+        """The build record is there and every shard it names is too, unchanged (issue 19 item
+        4): size and mtime as recorded, or else the recorded sha256. Otherwise the build runs:
+        the Shard tasks whose outputs are damaged run again, and the record is rewritten.
+        The first call of a process also sweeps the store of dead processes' temporary files
+        (item 9)."""
+        if self.store not in _SWEPT:
+            _SWEPT.add(self.store)
+            sweep_stale_temps(self.store)
+        path = self.output().path
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as err:
+            logger.warning("build record %s is unreadable (%s); building again", path, err)
+            return False
+        if not isinstance(record, dict) or "files" not in record:
+            logger.warning("build record %s has no sha256 of its shards; building again", path)
+            return False
+        problems = record_problems(self.store, record, trust_stat=True)
+        for rel, why in problems:
+            logger.warning("%s: %s; building it again", os.path.join(self.store, rel), why)
+        if not problems:
+            self._note_mtimes(record)
+        return not problems
+
+    def _note_mtimes(self, record: dict) -> None:
+        """Shards whose sha256 was read because their mtime is not the recorded one (a pulled
+        record holds the builder's mtimes) get this store's mtime, so the next check is a stat."""
+        files = record["files"]
+        mtimes = {rel: os.stat(os.path.join(self.store, rel)).st_mtime_ns for rel in files}
+        if any(files[rel].get("mtime_ns") != m for rel, m in mtimes.items()):
+            for rel, m in mtimes.items():
+                files[rel]["mtime_ns"] = m
+            with atomic_path(self.output().path, replace=True) as tmp, open(tmp, "w") as f:
+                json.dump(record, f, indent=1)
+
     def run(self):
         summary = summarize([t.output().path for t in self.requires()])
         summary.update(build_facts(self.store, summary["shards"]))  # sha256 of each shard, config, builder
-        with self.output().temporary_path() as tmp, open(tmp, "w") as f:
+        path = self.output().path
+        with atomic_path(path, replace=True) as tmp, open(tmp, "w") as f:  # replaces a record of damaged shards
             json.dump(summary, f, indent=1)
-        print(format_summary(self.dataset, summary, self.output().path), flush=True)
+        refresh_records(self.store, self.dataset, summary["files"], keep=os.path.basename(path)[:-5])
+        print(format_summary(self.dataset, summary, path), flush=True)
+
+
+_SWEPT: set = set()  # stores swept in this process
 
 
 @BuildShards.event_handler(luigi.Event.DEPENDENCY_PRESENT)
