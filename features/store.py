@@ -283,7 +283,8 @@ def write(path: str | os.PathLike, *, attrs: Mapping, groups: Mapping[str, Mappi
     """
     h5py = _h5py()
 
-    with h5py.File(path, "w", libver=("earliest", "v110")) as f:
+    nbytes = sum(a.nbytes for arrays in groups.values() for a in arrays.values() if isinstance(a, np.ndarray))
+    with h5py.File(path, "w", libver=("earliest", "v110"), **_driver(nbytes)) as f:
         _set_attrs(f, attrs, checksums)
         for gname, arrays in groups.items():
             g = f.require_group(gname)
@@ -345,6 +346,19 @@ def _verify(ds) -> None:
         checked[start:start + step]
 
 
+#: files up to this size are built in memory and written out on close (HDF5's core driver)
+CORE_WRITE_BYTES = 256 << 20
+
+
+def _driver(nbytes: int) -> dict:
+    """``h5py.File`` keywords for writing about ``nbytes``: in memory up to ``CORE_WRITE_BYTES``.
+    HDF5 crashes the process (SIGSEGV) when the disk fills while it writes chunks to a file; built
+    in memory, the final write fails with an ordinary error instead (``[Errno 28] No space left on
+    device``), which the build reports (issue 19 item 2). Larger files rely on the build's free-space
+    check before writing (``pipeline.base``)."""
+    return dict(driver="core", backing_store=True) if nbytes <= CORE_WRITE_BYTES else {}
+
+
 def assemble(path: str | os.PathLike, *, sources: Iterable[str | os.PathLike], attrs: Mapping,
              groups: Mapping[str, Mapping[str, np.ndarray]], skip: Iterable[str] = ()) -> None:
     """Write a shard: ``groups`` plus every dataset of the ``sources`` files, copied unchanged.
@@ -360,7 +374,8 @@ def assemble(path: str | os.PathLike, *, sources: Iterable[str | os.PathLike], a
     skip = set(skip)
     # No chunk cache on either side: with HDF5 2.0.0, ``copy`` of a compressed + fletcher32 dataset
     # whose chunks were just read into the cache corrupts the heap (malloc abort); tested.
-    with h5py.File(path, "a", rdcc_nbytes=0) as out:
+    nbytes = os.path.getsize(path) + sum(os.path.getsize(s) for s in sources)
+    with h5py.File(path, "a", rdcc_nbytes=0, **_driver(nbytes)) as out:
         for src in sources:
             with _open(src, rdcc_nbytes=0) as f:
                 for gname, g in f.items():

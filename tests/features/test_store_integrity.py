@@ -301,3 +301,31 @@ def test_shard_errors_cross_processes_whole(tmp_path):
     text = f"Caught CorruptShard in DataLoader worker 0.\nOriginal Traceback (most recent call last):\n...\n" \
            f"features.errors.CorruptShard: {err}"
     assert UnsafeShard(text.replace("CorruptShard", "UnsafeShard")).path == "/s/shard-0000.h5"
+
+
+_FULL_DISK = """
+import resource, signal, sys
+import numpy as np
+from features import store
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # a write past the limit fails (EFBIG) like ENOSPC
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+x = np.random.default_rng(0).random((800, 1000)).astype("float32")   # 3.2 MB of incompressible data
+try:
+    store.write(sys.argv[1], attrs={"dataset": "d"}, groups={"g": {"x": x}})
+except (OSError, RuntimeError) as err:
+    print("error:", err)
+"""
+
+
+def test_a_full_disk_while_writing_is_an_error_not_a_crash(tmp_path):
+    """HDF5 segfaults when a chunk write fails (disk full) while it closes a file; built in memory
+    (core driver) the write-out fails with an ordinary error (issue 19 item 2)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path / "x.h5")], capture_output=True, text=True,
+                       cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 0, (r.returncode, r.stderr[-500:])     # -11 (SIGSEGV) writing straight to the file
+    assert "error:" in r.stdout and "File too large" in r.stdout
