@@ -23,6 +23,16 @@ Layout of a shard (``h5ls -r`` output is in README.md)::
                                                      one row per video frame
     /pca/{mean, components, explained_variance, fit_clips}
                                                      the landmark PCA basis (refit per fold)
+    /labels_t/{time float64 s, valence, arousal float32, offsets}
+                                                     time-continuous labels (issue 18 item 3), only
+                                                     when the manifest names ``continuous_labels``:
+                                                     the file's rows per clip, as given (any step);
+                                                     a clip without a series has no rows. Window
+                                                     targets are not stored: ``Shard.window_labels``
+                                                     maps a series to the windows on read
+                                                     (``features.labels``: the time average over
+                                                     each window's voiced span), ``labels_on_grid``
+                                                     to any time grid
 
 Embeddings (``features.embeddings``, ``pipeline.embeddings``; each present only when its stage is
 enabled, ``Shard.has(name)`` tells)::
@@ -567,6 +577,57 @@ class Shard:
         self._need("glove")
         return {"vectors": self._dataset("text/glove")[clip], "length": int(self._dataset("text/length")[clip]),
                 "oov": self._dataset("text/oov")[clip].astype(bool)}
+
+    # -- time-continuous labels (issue 18 item 3; present when ``has_labels_t``) ------------------
+    @property
+    def has_labels_t(self) -> bool:
+        """Whether the shard holds time-continuous labels (``/labels_t``)."""
+        return "labels_t/time" in self._file()
+
+    def labels_t(self, clip: int) -> dict[str, np.ndarray]:
+        """Clip ``clip``'s series: ``time`` (n,) s, ``valence``, ``arousal`` (n,); n = 0 when it has none."""
+        if not self.has_labels_t:
+            raise KeyError(f"{self.path} has no time-continuous labels (/labels_t): name a continuous_labels "
+                           f"file in the manifest (README 'Time-continuous labels') and rebuild")
+        return {k: self._ragged("labels_t", k, clip) for k in ("time", "valence", "arousal")}
+
+    def frame_grid(self) -> tuple[float, float]:
+        """(frame_ms, hop_ms) of the clips' audio frames (the LogMel stage's, as built; 25, 10)."""
+        if not hasattr(self, "_grid"):
+            logmel = (self.attrs.get("config") or {}).get("logmel") or {}
+            self._grid = (float(logmel.get("frame_ms", 25.0)), float(logmel.get("hop_ms", 10.0)))
+        return self._grid
+
+    def window_labels(self, indices) -> np.ndarray:
+        """(len(indices), 2) float64 (valence, arousal) targets of the windows ``indices``:
+        ``features.labels.window_means`` of their clip's series over each window's voiced span;
+        NaN where the window lies outside the labelled time or its clip has no series."""
+        from features.labels import window_means
+
+        idx = np.asarray(indices, dtype=np.int64).ravel()
+        w = self.windows
+        out = np.full((len(idx), 2), np.nan)
+        frame_ms, hop_ms = self.frame_grid()
+        for clip in np.unique(w["clip"][idx]) if len(idx) else []:
+            sel = np.flatnonzero(w["clip"][idx] == clip)
+            lab = self.labels_t(int(clip))
+            if len(lab["time"]) >= 2:
+                out[sel] = window_means(lab["time"], np.stack([lab["valence"], lab["arousal"]], 1),
+                                        w["frames"][idx[sel]], frame_ms=frame_ms, hop_ms=hop_ms)
+        return out
+
+    def labels_on_grid(self, clip: int, step: float, *, start: float = 0.0, stop: float | None = None,
+                       how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """Clip ``clip``'s labels on a time grid (``features.labels.to_grid``): (cell starts (m,),
+        (m, 2) valence, arousal); ``how`` "mean" over each cell or "interp" at its start."""
+        from features.labels import to_grid
+
+        lab = self.labels_t(clip)
+        if len(lab["time"]) < 2:
+            grid = start + step * np.arange(max(0, int(np.ceil(((stop or start) - start) / step - 1e-9))))
+            return grid, np.full((len(grid), 2), np.nan)
+        return to_grid(lab["time"], np.stack([lab["valence"], lab["arousal"]], 1), step, start=start, stop=stop,
+                       how=how)
 
     def waveform(self, clip: int) -> np.ndarray:
         """(n,) float32 16 kHz waveform of clip ``clip``, no pre-emphasis (SincNet input)."""

@@ -12,7 +12,12 @@ Two modes; batch keys (torch conventions: channels first, float32):
   padding; segment models average the windows of a unit). Clip-level sequences: ``vggish``
   (B, T2, 128) + ``vggish_mask``; ``glove`` (B, 100, 300) + ``glove_length`` (B,) + ``glove_oov``
   (B, 100); ``waveform`` (B, N) + ``waveform_length`` (B,); ``label`` (B,); ``valence``,
-  ``arousal`` (B,) float when the corpus has them.
+  ``arousal`` (B,) float when the corpus has them. With time-continuous labels in the shards
+  (``/labels_t``, issue 18 item 3) also the per-window targets ``valence_t``, ``arousal_t``
+  (B, T) float (``features.labels``: each window's mean over its voiced span) and
+  ``target_mask`` (B, T), True on real windows that have a target (a window outside the labelled
+  time has none; padded targets are 0). A clip without clip-level ``valence``/``arousal`` columns
+  then takes the mean of its windows' targets as its clip value.
 
 Masks are honoured: clips whose ``status`` is not ``ok`` are never items; a window whose video is
 unusable (``windows/video_ok`` = 0, or a NaN PCA row) gets ``video_ok`` False, its visual features
@@ -273,6 +278,7 @@ class ClipTable:
     arousal: np.ndarray
     n_windows: np.ndarray
     manifest: dict         # the dataset's manifest entry as the build saw it (label_set, protocol)
+    continuous_t: bool = False  # every shard holds time-continuous labels (/labels_t)
 
     def __len__(self) -> int:
         return len(self.id)
@@ -298,13 +304,15 @@ def clip_table(paths: list[str]) -> ClipTable:
     ``ShardRefused`` naming it."""
     cols = {k: [] for k in ("shard", "index", "id", "status", "label", "speaker", "partition",
                             "valence", "arousal", "n_windows")}
-    manifest = {}
+    manifest, continuous_t = {}, bool(paths)
     for k, p in enumerate(paths):
         s = Shard(p)
         with reading(p):
             c = s.clips
             off = s._file()["windows/offsets"][()]
             manifest = manifest or s.attrs.get("manifest", {})
+            window_means = _clip_means_t(s) if s.has_labels_t else None
+            continuous_t &= window_means is not None
             s.close()
         n = len(c["id"])
         cols["shard"] += [k] * n
@@ -312,14 +320,30 @@ def clip_table(paths: list[str]) -> ClipTable:
         for key in ("id", "status", "label", "speaker"):
             cols[key] += list(c[key])
         cols["partition"] += list(c.get("partition", [""] * n))
-        cols["valence"] += list(_floats(c.get("valence", [None] * n)))
-        cols["arousal"] += list(_floats(c.get("arousal", [None] * n)))
+        for j, key in enumerate(("valence", "arousal")):
+            values = _floats(c.get(key, [None] * n))
+            if window_means is not None:   # no clip value: the mean of its windows' targets
+                values = np.where(np.isfinite(values), values, window_means[:, j])
+            cols[key] += list(values)
         cols["n_windows"] += list(np.diff(off))
     arr = {k: np.asarray(v, dtype=object if k in ("id", "status", "label", "speaker", "partition") else None)
            for k, v in cols.items()}
     for k in ("shard", "index", "n_windows"):
         arr[k] = arr[k].astype(np.int64)
-    return ClipTable(paths=list(paths), manifest=manifest, **arr)
+    return ClipTable(paths=list(paths), manifest=manifest, continuous_t=continuous_t, **arr)
+
+
+def _clip_means_t(s: Shard) -> np.ndarray:
+    """(n_clips, 2) the mean (valence, arousal) target of each clip's windows (NaN: none)."""
+    w = s.windows
+    targets = s.window_labels(np.arange(len(w["clip"])))
+    out = np.full((len(s.clips["id"]), 2), np.nan)
+    for c in range(len(out)):
+        rows = targets[w["clip"] == c]
+        rows = rows[np.isfinite(rows).all(1)]
+        if len(rows):
+            out[c] = rows.mean(0)
+    return out
 
 
 class ShardDataset:
@@ -509,6 +533,9 @@ class ShardDataset:
         d = {name: np.stack([p[name] for p in per]) for name in self.features if FEATURES[name][0] == "window"}
         d["video_ok"] = np.array([p["video_ok"] for p in per], bool) if per else np.ones(len(idx), bool)
         d["unit"] = w["unit"][idx].astype(np.int64)
+        if t.continuous_t:   # per-window targets of the time-continuous labels (issue 18 item 3)
+            targets = s.window_labels(idx).astype(np.float32)
+            d["valence_t"], d["arousal_t"] = targets[:, 0], targets[:, 1]
         d.update(self._clip_level(s, int(t.index[r])))
         d.update(self._targets(r))
         return d
@@ -554,6 +581,11 @@ def collate(items: list[dict]) -> dict:
                 batch["waveform_length"] = torch.as_tensor([len(v) for v in values])
         elif key in ("glove", "glove_oov"):
             batch[key] = torch.from_numpy(np.stack(values))
+        elif key in ("valence_t", "arousal_t"):   # NaN (no target) and padding: 0, out of target_mask
+            x, m = _pad(values)
+            ok = m & np.isfinite(x)
+            batch[key] = torch.from_numpy(np.where(ok, x, 0).astype(np.float32))
+            batch["target_mask"] = torch.from_numpy(ok & batch["target_mask"].numpy() if "target_mask" in batch else ok)
         elif clip_mode:  # per-window features, unit, video_ok: pad the time axis
             x, m = _pad(values)
             if key == "unit":

@@ -6,6 +6,14 @@
   the labels or the predictions (scikit-learn's ``f1_score(average="macro")``).
 - CCC (Lucas §3, Lin 1989): 2·cov(x, y) / (var(x) + var(y) + (mean(x) − mean(y))²), population
   moments.
+- Time-continuous labels (issue 18 item 3): Lucas §3 "The CCC is computed for each sequence in
+  test partition of the dataset and averaged over the sequences": ``sequence_ccc`` gives that
+  mean (``CCC_valence``) and, beside it, the CCC of all time steps of all sequences pooled
+  (``CCC_valence_pooled``, AVEC's way, which also rewards getting each sequence's level right).
+  A sequence whose CCC is undefined (fewer than 2 steps, or prediction and target one and the same
+  constant: 0/0) is left out of the mean and counted in ``skipped``.
+- Repetitions (Lucas §3: training "is repeated 10 times"): ``summarize`` over the runs gives
+  mean ± std (population std, as over folds).
 """
 from __future__ import annotations
 
@@ -42,7 +50,27 @@ def ccc(x, y) -> float:
     return float(2 * cov / (x.var() + y.var() + (mx - my) ** 2))
 
 
-def summarize(results: list[dict], keys=("WA", "UA", "F1", "CCC_valence", "CCC_arousal")) -> dict:
+def sequence_ccc(sequences, x, y) -> dict:
+    """CCC per sequence and pooled: ``sequences`` (n,) the sequence (clip) of each time step,
+    ``x`` predictions and ``y`` targets (n,). Returns ``{"mean": mean over the sequences,
+    "pooled": CCC of all steps, "per_sequence": {sequence: CCC}, "sequences": how many were
+    averaged, "skipped": how many had no defined CCC}``."""
+    sequences = np.asarray(sequences)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    per = {}
+    for s in np.unique(sequences):
+        m = sequences == s
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per[s.item() if hasattr(s, "item") else s] = ccc(x[m], y[m]) if m.sum() >= 2 else float("nan")
+    defined = [v for v in per.values() if np.isfinite(v)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = ccc(x, y) if len(x) >= 2 else float("nan")
+    return {"mean": float(np.mean(defined)) if defined else float("nan"), "pooled": pooled,
+            "per_sequence": per, "sequences": len(defined), "skipped": len(per) - len(defined)}
+
+
+def summarize(results: list[dict], keys=("WA", "UA", "F1", "CCC_valence", "CCC_arousal", "CCC_valence_pooled",
+                                         "CCC_arousal_pooled")) -> dict:
     """{metric: {"mean", "std", "folds"}} over the per-fold result dicts (population std)."""
     out = {}
     for k in keys:
@@ -52,10 +80,11 @@ def summarize(results: list[dict], keys=("WA", "UA", "F1", "CCC_valence", "CCC_a
     return out
 
 
-def table(summary: dict, *, title: str = "") -> str:
-    """A Markdown table of ``summarize`` output: metric | mean ± std (in %, CCC as is)."""
+def table(summary: dict, *, title: str = "", runs: str = "folds") -> str:
+    """A Markdown table of ``summarize`` output: metric | mean ± std (in %, CCC as is); ``runs``
+    names the last column (e.g. "runs" for folds × repetitions)."""
     lines = [f"### {title}", ""] if title else []
-    lines += ["| metric | mean ± std | folds |", "|---|---|---|"]
+    lines += [f"| metric | mean ± std | {runs} |", "|---|---|---|"]
     for k, v in summary.items():
         scale, unit = (1, "") if k.startswith("CCC") else (100, " %")
         lines.append(f"| {k} | {scale * v['mean']:.2f} ± {scale * v['std']:.2f}{unit} | {v['folds']} |")

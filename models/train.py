@@ -179,10 +179,13 @@ def _first_map(w, batch, out):
 @torch.no_grad()
 def predict(model, module, dl, device, precision: str | None = None) -> dict:
     """Outputs over a loader: clip, label, logits/pred, embedding, targets, loss; the first
-    batch's attention maps."""
+    batch's attention maps. With time-continuous labels (issue 18 item 3) also one row per
+    window that has a target: ``clip_t``, ``step_t`` (the window's position in its clip),
+    ``pred_t`` (n, 2) the model's per-step output, ``valence_t``, ``arousal_t``."""
     model.eval()
     loss_fn = _hook(model, module, "loss")
     keep = {"clip": [], "label": [], "logits": [], "pred": [], "embedding": [], "valence": [], "arousal": []}
+    steps = {"clip_t": [], "step_t": [], "pred_t": [], "valence_t": [], "arousal_t": []}
     total, n, attention = 0.0, 0, None
     for batch in dl:
         batch = _to(batch, device)
@@ -195,9 +198,16 @@ def predict(model, module, dl, device, precision: str | None = None) -> dict:
             if k in src:
                 v = src[k]
                 keep[k].append((v.float() if v.is_floating_point() else v).cpu().numpy())  # bf16 -> fp32; ids stay int
+        if "steps" in out and "pred" in out and "target_mask" in batch:   # per-window outputs and targets
+            m = batch["target_mask"].bool()
+            steps["clip_t"].append(batch["clip"][:, None].expand_as(m)[m].cpu().numpy())
+            steps["step_t"].append(torch.arange(m.shape[1], device=m.device).expand_as(m)[m].cpu().numpy())
+            steps["pred_t"].append(out["steps"].float()[m].cpu().numpy())
+            for k in ("valence_t", "arousal_t"):
+                steps[k].append(batch[k].float()[m].cpu().numpy())
         if attention is None and "attention" in out:
             attention = {k: _first_map(v, batch, out) for k, v in out["attention"].items()}
-    res = {k: np.concatenate(v) for k, v in keep.items() if v}
+    res = {k: np.concatenate(v) for k, v in {**keep, **steps}.items() if v}
     res["loss"], res["attention"] = total / max(n, 1), attention
     return res
 
@@ -234,7 +244,10 @@ def clip_outputs(p: dict, *, clf=None) -> dict:
 
 
 def score(p: dict, *, n_classes: int, clf=None) -> dict:
-    """Clip-level metrics of ``predict`` output (window outputs are pooled per clip)."""
+    """Clip-level metrics of ``predict`` output (window outputs are pooled per clip). With
+    time-continuous labels (``pred_t``, issue 18 item 3) ``CCC_valence``/``CCC_arousal`` are the
+    per-sequence CCCs over the windows averaged over the clips (Lucas §3), ``CCC_*_pooled`` the CCC
+    of all windows at once and ``CCC_*_clip`` the CCC of the clip means (the figure without them)."""
     o = clip_outputs(p, clf=clf)
     res = {}
     if "pred_class" in o:
@@ -245,8 +258,17 @@ def score(p: dict, *, n_classes: int, clf=None) -> dict:
     if "pred" in o:
         for j, k in enumerate(("valence", "arousal")):
             if k in o and j < o["pred"].shape[1]:
-                res[f"CCC_{k}"] = metrics.ccc(o["pred"][:, j], o[k])
+                ok = np.isfinite(o[k])   # a clip without a target (no continuous series) is left out
+                res[f"CCC_{k}"] = metrics.ccc(o["pred"][ok, j], o[k][ok])
         res["n"] = len(o["clip"])
+    if "pred_t" in p:
+        for j, k in enumerate(("valence", "arousal")):
+            c = metrics.sequence_ccc(p["clip_t"], p["pred_t"][:, j], p[f"{k}_t"])
+            if f"CCC_{k}" in res:
+                res[f"CCC_{k}_clip"] = res[f"CCC_{k}"]
+            res[f"CCC_{k}"], res[f"CCC_{k}_pooled"] = c["mean"], c["pooled"]
+            res["sequences"], res["sequences_skipped"] = c["sequences"], c["skipped"]
+        res["steps"] = len(p["clip_t"])
     return res
 
 
@@ -269,7 +291,7 @@ def _val_metric(res: dict, select: str | None = None) -> float:
         return float(res[select])
     if "UA" in res:
         return res["UA"]
-    cccs = [v for k, v in res.items() if k.startswith("CCC")]
+    cccs = [res[k] for k in ("CCC_valence", "CCC_arousal") if k in res]   # per sequence with continuous labels
     return float(np.mean(cccs)) if cccs else 0.0
 
 
@@ -421,6 +443,10 @@ def parse_args(argv=None):
     p.add_argument("--build", help="build record digest (default: the newest)")
     p.add_argument("--out", default="runs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="train and test each fold N times with the seeds seed..seed+N-1, the folds kept (Lucas §3 "
+                        "repeats 10 times 'to account for random initialization'); runs go to <fold>/seed-S/ and "
+                        "summary.json / table.md give mean ± std over all runs")
     p.add_argument("--val-fraction", type=float,
                    help="training speakers held out for validation (default 0.1; 0 for a model that keeps its "
                         "last epoch without early stopping, AVEF)")
@@ -468,16 +494,37 @@ def main(argv=None) -> dict:
     folds = make_folds(table, protocol, seed=args.seed, val_fraction=args.val_fraction)
     chosen = args.fold if args.fold is not None else range(len(folds))
     proto_dir = os.path.join(args.out, args.model, args.dataset, protocol["name"])
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats {args.repeats}: give 1 or more")
     results = []
     for k in chosen:
         if not 0 <= k < len(folds):
             raise SystemExit(f"--fold {k}: protocol {protocol['name']} has folds 0..{len(folds) - 1}")
-        r = train_fold(args, table, folds[k], os.path.join(proto_dir, folds[k].name))
-        logger.info("%s: %s", folds[k].name, {m: r[m] for m in ("WA", "UA", "F1", "CCC_valence", "CCC_arousal") if m in r})
-        results.append(r)
-    summary = write_summary(proto_dir, f"{args.model} on {args.dataset}, {protocol['name']}")
-    print(metrics.table(summary, title=f"{args.model} on {args.dataset}, {protocol['name']}"))
-    return {"folds": results, "summary": summary}
+        for seed in range(args.seed, args.seed + args.repeats):   # the folds stay those of --seed
+            run = copy.copy(args)
+            run.seed = seed
+            out_dir = os.path.join(proto_dir, folds[k].name, *([f"seed-{seed}"] if args.repeats > 1 else []))
+            r = train_fold(run, table, folds[k], out_dir)
+            r["seed"] = seed
+            shown = ("WA", "UA", "F1", "CCC_valence", "CCC_arousal", "CCC_valence_pooled", "CCC_arousal_pooled")
+            logger.info("%s seed %d: %s", folds[k].name, seed, {m: r[m] for m in shown if m in r})
+            results.append(r)
+    title = f"{args.model} on {args.dataset}, {protocol['name']}"
+    if args.repeats == 1:
+        summary = write_summary(proto_dir, title)
+        print(metrics.table(summary, title=title))
+        return {"folds": results, "summary": summary}
+    summary = metrics.summarize(results)   # mean ± std over folds × repetitions
+    per_fold = {f: metrics.summarize([r for r in results if r["fold"] == f])
+                for f in dict.fromkeys(r["fold"] for r in results)}
+    title += f", {args.repeats} repetitions (seeds {args.seed}..{args.seed + args.repeats - 1})"
+    with open(os.path.join(proto_dir, "summary.json"), "w") as f:
+        json.dump({"folds": list(per_fold), "repeats": args.repeats, "seeds": [r["seed"] for r in results],
+                   "runs": len(results), "summary": summary, "per_fold": per_fold}, f, indent=1)
+    with open(os.path.join(proto_dir, "table.md"), "w") as f:
+        f.write(metrics.table(summary, title=title, runs="runs") + "\n")
+    print(metrics.table(summary, title=title, runs="runs"))
+    return {"folds": results, "summary": summary, "per_fold": per_fold, "repeats": args.repeats}
 
 
 def cli(argv=None) -> int:

@@ -7,6 +7,13 @@ columns ``clip_id,label,speaker`` (optional ``transcript,valence,arousal,partiti
 defines the clips: a row whose file is missing becomes a clip with status ``missing_file``; a file
 with no row is not part of the dataset.
 
+Optional ``continuous_labels`` (issue 18 item 3, Lucas §3: RECOLA is annotated every 40 ms): a CSV
+under the root with the columns ``clip_id,time,valence,arousal``, one row per clip and time point,
+``time`` in seconds from the start of the clip (any step, not necessarily regular), the rows of a
+clip in increasing time, at least two per clip; every ``clip_id`` must be a clip of the labels CSV
+(a clip with no row has no series). ``Dataset.continuous_series`` reads it (cached by mtime);
+``features.labels`` says how a series becomes each window's target.
+
 Both files come from people, so they are bounded (DESIGN "Trust", issue 19 items 8 and 10): the
 manifest's size, nesting and alias expansion, the labels CSV's size and fields; every error is one
 ``ManifestError`` line naming the file, the line and the field, quoting values cut by ``shown``.
@@ -24,6 +31,7 @@ import os
 import re
 import reprlib
 
+import numpy as np
 import yaml
 
 PROTOCOLS = ("loso", "logso", "kfold", "fixed")
@@ -37,6 +45,7 @@ MAX_YAML_NODES = 10_000  # YAML nodes once aliases are expanded (the repository'
 MAX_YAML_DEPTH = 20  # nesting levels (a manifest needs 5)
 MAX_SHOWN = 200  # characters of a value quoted in an error
 MAX_PATH = 4096  # characters of the root, clips and labels fields (PATH_MAX)
+CONTINUOUS_COLUMNS = ("clip_id", "time", "valence", "arousal")
 
 
 class ManifestError(ValueError):
@@ -142,6 +151,7 @@ class Dataset:
     speakers: int | None
     manifest: str
     video_fps: float | None = None  # frame rate to use instead of the video stream's own
+    continuous_labels: str | None = None  # CSV clip_id,time,valence,arousal under the root (issue 18 item 3)
 
     @property
     def root_dir(self) -> str:
@@ -157,6 +167,31 @@ class Dataset:
 
     def list_clips(self) -> list[Clip]:
         return list(_list_clips(self))
+
+    def continuous_series(self) -> dict[str, tuple] | None:
+        """``{clip id: (time (n,) float64 s, valence (n,) float32, arousal (n,) float32)}`` from the
+        ``continuous_labels`` file, validated (one ``ManifestError`` naming the file, the line and
+        the column); ``None`` when the dataset names no such file."""
+        if self.continuous_labels is None:
+            return None
+        root = self.root_dir
+        path = os.path.join(root, self.continuous_labels)
+        if not os.path.isfile(path):
+            raise ManifestError(f"{self.manifest}: dataset {self.name!r}: field 'continuous_labels': "
+                                f"no such file {path}")
+        return _continuous_cached(self, os.stat(path).st_mtime_ns, root, tuple(c.id for c in self.list_clips()))
+
+    def series_digest(self, ids) -> str:
+        """16 hex digits of the sha256 of the series of the clips ``ids`` (for a stage's hash
+        chain: a changed value of one of them changes it)."""
+        series = self.continuous_series() or {}
+        h = hashlib.sha256()
+        for cid in ids:
+            h.update(f"{cid}\0".encode())
+            for a in series.get(cid, ()):
+                h.update(np.ascontiguousarray(a).tobytes())
+            h.update(b"\1")
+        return h.hexdigest()[:16]
 
 
 def inside(path: str, root: str) -> bool:
@@ -188,7 +223,14 @@ def _check_dataset(manifest: str, name: str, d, lines: dict | None = None) -> Da
         if not isinstance(d.get(field), str) or not d[field].strip() or len(d[field]) > MAX_PATH:
             fail(field, f"is required and must be a non-empty string of at most {MAX_PATH:,} characters",
                  d.get(field))
-    for field in ("clips", "labels"):
+    if d.get("continuous_labels") is not None and (not isinstance(d["continuous_labels"], str) or
+                                                   not d["continuous_labels"].strip() or
+                                                   len(d["continuous_labels"]) > MAX_PATH):
+        fail("continuous_labels", f"must be a non-empty string of at most {MAX_PATH:,} characters when given",
+             d["continuous_labels"])
+    for field in ("clips", "labels", "continuous_labels"):
+        if d.get(field) is None:
+            continue
         if os.path.isabs(d[field]) or ".." in d[field].replace("\\", "/").split("/"):
             fail(field, "must be a path inside the root (no '..', not absolute)", d[field])
     labels = d.get("label_set")
@@ -216,7 +258,7 @@ def _check_dataset(manifest: str, name: str, d, lines: dict | None = None) -> Da
             fail(field, "must be a positive number when given", value)
     return Dataset(name=name, root=d["root"], clips=d["clips"], labels=d["labels"], label_set=tuple(labels),
                    protocol=protocol, sr=d.get("sr"), fps=d.get("fps"), speakers=d.get("speakers"),
-                   manifest=manifest, video_fps=d.get("video_fps"))
+                   manifest=manifest, video_fps=d.get("video_fps"), continuous_labels=d.get("continuous_labels"))
 
 
 class _Refused(yaml.MarkedYAMLError):
@@ -373,7 +415,7 @@ def _clip_files(ds: Dataset, root: str) -> dict[str, list[str]]:
     return files
 
 
-def _label_rows(labels_path: str, where: str):
+def _label_rows(labels_path: str, where: str, required: tuple = REQUIRED_COLUMNS):
     """``(line, row)`` of the labels CSV, read as UTF-8 with or without a byte-order mark (issue 19
     item 10: a BOM made ``clip_id`` "missing"); a byte that is not UTF-8, a field over the csv
     module's limit (131,072 characters) or a file over ``MAX_LABELS_BYTES`` is an error naming the
@@ -381,10 +423,10 @@ def _label_rows(labels_path: str, where: str):
     reader = csv.DictReader(io.StringIO(_read_bounded(labels_path, MAX_LABELS_BYTES, where), newline=""))
     line = 1
     try:
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
             raise ManifestError(f"{where}: line 1: missing column(s) {', '.join(missing)}; need "
-                                f"{','.join(REQUIRED_COLUMNS)}, the header is {shown(reader.fieldnames)}")
+                                f"{','.join(required)}, the header is {shown(reader.fieldnames)}")
         line = reader.line_num + 1
         for row in reader:
             yield line, row
@@ -430,3 +472,49 @@ def _list_clips(ds: Dataset) -> tuple[Clip, ...]:
     if not os.path.isfile(labels_path):
         raise ManifestError(f"{ds.manifest}: dataset {ds.name!r}: field 'labels': no such file {labels_path}")
     return _list_clips_cached(ds, os.stat(labels_path).st_mtime_ns, root)
+
+
+def _number(row: dict, column: str, where: str, line: int, *, low: float | None = None) -> float:
+    text = (row.get(column) or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or (low is not None and value < low):
+        rule = f"a finite number >= {low:g}" if low is not None else "a finite number"
+        raise ManifestError(f"{where}: line {line}: column {column!r}: must be {rule}, got {shown(text)}")
+    return value
+
+
+@functools.lru_cache(maxsize=4)
+def _continuous_cached(ds: Dataset, mtime: int, root: str, clip_ids: tuple) -> dict[str, tuple]:
+    """The ``continuous_labels`` file read and checked (module docstring); errors name the line."""
+    path = os.path.join(root, ds.continuous_labels)
+    where = f"{ds.manifest}: dataset {ds.name!r}: field 'continuous_labels' ({path})"
+    if not inside(path, root):
+        raise ManifestError(f"{where}: leads to {os.path.realpath(path)}, outside the root {root}")
+    known = set(clip_ids)
+    rows: dict[str, list] = {}
+    first: dict[str, int] = {}
+    for line, row in _label_rows(path, where, CONTINUOUS_COLUMNS):
+        cid = (row["clip_id"] or "").strip()
+        if cid not in known:
+            what = "is not a clip of the labels CSV" if _CLIP_ID.fullmatch(cid) else \
+                "must be letters, digits, '.', '_' or '-' (no path separators)"
+            raise ManifestError(f"{where}: line {line}: column 'clip_id': {shown(cid)} {what} ({ds.labels})")
+        t = _number(row, "time", where, line, low=0.0)
+        if cid in rows and t <= rows[cid][-1][0]:
+            raise ManifestError(f"{where}: line {line}: column 'time': {t:g} s is not after the previous time "
+                                f"{rows[cid][-1][0]:g} s of clip {cid!r}; give a clip's rows in increasing time, "
+                                f"each time once")
+        rows.setdefault(cid, []).append((t, _number(row, "valence", where, line),
+                                         _number(row, "arousal", where, line)))
+        first.setdefault(cid, line)
+    out = {}
+    for cid, values in rows.items():
+        if len(values) < 2:
+            raise ManifestError(f"{where}: line {first[cid]}: column 'time': clip {cid!r} has one time point; "
+                                f"a time-continuous series needs at least two")
+        a = np.asarray(values, dtype=np.float64)
+        out[cid] = (a[:, 0], a[:, 1].astype(np.float32), a[:, 2].astype(np.float32))
+    return out

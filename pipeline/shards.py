@@ -71,6 +71,9 @@ class Shard(BatchTask):
     def chain(self) -> dict:
         chain = super().chain()  # cached; the labels join it once
         chain["labels"] = digest([(c.id, c.label, c.speaker, c.extra) for c in self.clips()])
+        ds = get_dataset(self.manifest, self.dataset)
+        if ds.continuous_labels:  # issue 18 item 3: a changed series re-runs Shard only
+            chain["continuous_labels"] = ds.series_digest([c.id for c in self.clips()])
         return chain
 
     def output(self):
@@ -95,6 +98,10 @@ class Shard(BatchTask):
             if any(v is not None for v in values):
                 table[column] = np.array([v or "" for v in values], dtype=object)
         groups = {"clips": table}
+        if ds.continuous_labels:  # issue 18 item 3: time-continuous valence/arousal per clip (/labels_t)
+            from features.labels import labels_group
+
+            groups["labels_t"] = labels_group(ds.continuous_series(), [c.id for c in clips])
         if self.video:
             faces = read_input(inp["faces"], "video/shape49")
             table["video_status"], table["video_reason"] = faces["clips"]["status"], faces["clips"]["reason"]

@@ -99,6 +99,49 @@ def va_store(full_store, emb_weights, tmp_path_factory):
     return store
 
 
+def continuous_series(clip_id: str, label: str) -> dict:
+    """The time-continuous labels of ``vat_store`` for one demo clip, every 40 ms (RECOLA's step):
+    sines of period 1.3 s around the clip's circumplex quadrant, a phase per clip. s2_anger_01's
+    series stops at 1.0 s (its later windows have no target); s3_sadness_02 has none."""
+    if clip_id == "s3_sadness_02":
+        return {}
+    centre = {"anger": (-0.5, 0.5), "happiness": (0.5, 0.4), "sadness": (-0.4, -0.5)}.get(label, (0.0, 0.0))
+    phase = (sum(map(ord, clip_id)) % 17) / 17 * 2 * np.pi
+    t = np.round(np.arange(0, 1.0001 if clip_id == "s2_anger_01" else 8.0, 0.04), 2)
+    return {"time": t, "valence": centre[0] + 0.3 * np.sin(2 * np.pi * t / 1.3 + phase),
+            "arousal": centre[1] + 0.3 * np.cos(2 * np.pi * t / 1.3 + phase)}
+
+
+@pytest.fixture(scope="session")
+def vat_store(va_store, emb_weights, tmp_path_factory):
+    """``va_store`` rebuilt with time-continuous labels (issue 18 item 3): the manifest names
+    ``continuous_labels: labels_t.csv`` (``continuous_series``), and the labels CSV has no clip-level
+    valence/arousal. Only the Shard stage runs. Returns (store, manifest path)."""
+    base = tmp_path_factory.mktemp("vat")
+    corpus = base / "corpus"
+    shutil.copytree(os.path.join(DEMO, "clips"), corpus / "clips")
+    with open(os.path.join(DEMO, "labels.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(corpus / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["clip_id", "label", "speaker", "transcript"])
+        w.writeheader()
+        w.writerows({**r, "label": "continuous"} for r in rows)
+    with open(corpus / "labels_t.csv", "w", newline="") as f:
+        f.write("clip_id,time,valence,arousal\n")
+        for r in rows:
+            s = continuous_series(r["clip_id"], r["label"])
+            for t, v, a in zip(*(s.get(k, ()) for k in ("time", "valence", "arousal"))):
+                f.write(f"{r['clip_id']},{t:.2f},{v:.4f},{a:.4f}\n")
+    manifest = base / "manifest.yaml"
+    manifest.write_text(f"datasets:\n  demo:\n    root: {corpus}\n    clips: clips/*\n    labels: labels.csv\n"
+                        f"    continuous_labels: labels_t.csv\n    label_set: [continuous]\n    protocol: loso\n")
+    store = base / "store"
+    link_tree(va_store, store)
+    ran = fresh_build(store, *emb_args(emb_weights), manifest=manifest)
+    assert set(ran) <= {"Shard", "BuildShards"}, ran
+    return store, manifest
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models: thread start-up costs more than it saves on a shared CPU."""

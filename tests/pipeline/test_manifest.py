@@ -249,3 +249,67 @@ def test_the_cli_prints_a_bad_manifest_as_one_line_and_exits_35(tmp_path):
     assert r.returncode == 35, r.stderr[-2000:]
     assert "Traceback" not in r.stderr + r.stdout
     assert f"{bad}: line 8, column 5: key 'protocol' appears twice" in r.stderr
+
+
+# -- issue 18 item 3: time-continuous labels ---------------------------------------------------------
+CONTINUOUS = MANIFEST + "    continuous_labels: labels_t.csv\n"
+SERIES = b"clip_id,time,valence,arousal\nc1,0,0.1,-0.2\nc1,0.04,0.15,-0.25\nc1,0.08,0.2,-0.3\nc2,0.5,1,1\nc2,1.5,0,0\n"
+
+
+def _continuous(tmp_path, series=SERIES, manifest=CONTINUOUS):
+    path = _corpus(tmp_path, manifest)
+    (tmp_path / "data" / "labels_t.csv").write_bytes(series)
+    return path
+
+
+def test_a_continuous_labels_file_gives_each_clip_its_series(tmp_path):
+    ds = get_dataset(_continuous(tmp_path), "ds")
+    assert ds.continuous_labels == "labels_t.csv"
+    series = ds.continuous_series()
+    assert set(series) == {"c1", "c2"}
+    t, v, a = series["c1"]
+    assert t.tolist() == [0, 0.04, 0.08] and t.dtype.name == "float64"
+    assert v.dtype.name == "float32" and v.tolist() == pytest.approx([0.1, 0.15, 0.2])
+    assert a.tolist() == pytest.approx([-0.2, -0.25, -0.3]) and series["c2"][0].tolist() == [0.5, 1.5]
+    before = ds.series_digest(["c1", "c2"])
+    assert before == ds.series_digest(["c1", "c2"]) and before != ds.series_digest(["c1"])
+    (tmp_path / "data" / "labels_t.csv").write_bytes(SERIES.replace(b"c2,1.5,0,0", b"c2,1.5,0,0.5"))
+    os.utime(tmp_path / "data" / "labels_t.csv", ns=(1, 2))   # a new mtime: read again
+    assert ds.series_digest(["c1", "c2"]) != before and ds.series_digest(["c1"]) == get_dataset(
+        _continuous(tmp_path / "again"), "ds").series_digest(["c1"])
+    assert get_dataset(_corpus(tmp_path / "none"), "ds").continuous_series() is None   # optional field
+
+
+@pytest.mark.parametrize("series, expected", [
+    (SERIES.replace(b"arousal", b"aro"), ["labels_t.csv): line 1: missing column(s) arousal"]),
+    (SERIES + b"c9,0,0,0\n", ["labels_t.csv): line 7: column 'clip_id': 'c9' is not a clip of the labels CSV"]),
+    (SERIES + b"../x,0,0,0\n", ["line 7: column 'clip_id': '../x' must be letters"]),
+    (SERIES.replace(b"c1,0.04,", b"c1,soon,"), ["line 3: column 'time': must be a finite number >= 0, got 'soon'"]),
+    (SERIES.replace(b"c1,0,", b"c1,-1,"), ["line 2: column 'time': must be a finite number >= 0, got '-1'"]),
+    (SERIES.replace(b"0.15", b"nan"), ["line 3: column 'valence': must be a finite number, got 'nan'"]),
+    (SERIES.replace(b"-0.3", b""), ["line 4: column 'arousal': must be a finite number, got ''"]),
+    (SERIES.replace(b"c1,0.08,", b"c1,0.04,"), ["line 4: column 'time': 0.04 s is not after the previous time 0.04 s"]),
+    (SERIES.replace(b"c2,1.5,0,0\n", b""), ["line 5: column 'time': clip 'c2' has one time point"]),
+    (SERIES.replace(b"0.2,", b"0.2\xff,"), ["labels_t.csv): line 4: byte 0xff is not UTF-8"]),
+], ids=["missing-column", "unknown-clip", "bad-clip-id", "time-not-a-number", "negative-time", "nan-valence",
+        "empty-arousal", "time-repeated", "one-point", "not-utf8"])
+def test_bad_continuous_rows_name_the_file_line_and_column(tmp_path, series, expected):
+    with pytest.raises(ManifestError) as err:
+        get_dataset(_continuous(tmp_path, series), "ds").continuous_series()
+    msg = str(err.value)
+    assert "m.yaml: dataset 'ds': field 'continuous_labels' (" in msg and all(p in msg for p in expected), msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("value, rule", [("", "non-empty string"), ("../t.csv", "inside the root"),
+                                         ("[1]", "non-empty string")])
+def test_the_continuous_labels_field_is_checked_with_its_line(tmp_path, value, rule):
+    path = _corpus(tmp_path, MANIFEST + f"    continuous_labels: {value!r}\n".replace("'[1]'", "[1]"))
+    with pytest.raises(ManifestError) as err:
+        get_dataset(path, "ds")
+    assert "m.yaml: line 8: dataset 'ds': field 'continuous_labels'" in str(err.value) and rule in str(err.value)
+
+
+def test_a_missing_continuous_labels_file_is_named(tmp_path):
+    with pytest.raises(ManifestError, match="field 'continuous_labels': no such file .*labels_t.csv"):
+        get_dataset(_corpus(tmp_path, CONTINUOUS), "ds").continuous_series()
