@@ -4,7 +4,7 @@ For every model of ``models.MODELS`` whose module imports here, on the demo shar
 (a ``DataLoader`` with ``--workers`` workers, the model's mode and features, batch = the config's
 ``batch_size``) and of full training steps (loader + forward + loss + backward + optimizer step; bf16
 autocast on a GPU). A model whose features are not in the shards is reported with the reason.
-AVEF runs at its small test widths on a CPU and at the published sizes on a GPU (``--paper`` forces
+AVEF (and ACLSTM's and DLSTM's face CNNs) run at small widths on a CPU and at the published sizes on a GPU (``--paper`` forces
 them). DLSTM is benchmarked with ``task="classification"`` on a corpus without valence/arousal.
 Prints one JSON object.
 
@@ -37,7 +37,9 @@ from models.data import ShardDataset, clip_table, find_shards, loader  # noqa: E
 from models.train import autocast, classes_of, features_of, make_config  # noqa: E402
 
 SMALL = {"avef": dict(small_crops=True, audio_size=67, audio_channels=(16, 32, 32, 32, 32), visual_size=32,
-                      visual_channels=(4, 8, 8, 8, 16, 16, 16, 16), fc=64, dbn_hidden=(32, 16))}
+                      visual_channels=(4, 8, 8, 8, 16, 16, 16, 16), fc=64, dbn_hidden=(32, 16)),
+         "aclstm": dict(vgg_cfg=(16, "M", 32, "M", 64, "M", 64, "M"), visual_hidden=256),
+         "dlstm": dict(video_cnn=(16, "M", 32, "M", 64, "M", 64, "M"))}
 
 
 def embedding_files(folder: str) -> list[str]:

@@ -7,12 +7,33 @@ Pipeline of §III (Fig. 1), one clip = a sequence of segments (prosodic units, �
   the *audio emotion CNN* (kernel 64 frames, 300 filters) and the *sound-type CNN* (kernel 32,
   700 filters), each followed by ReLU and a max over time. A segment's features are the mean over
   its windows (the batch's ``unit`` index, :func:`models.layers.unit_assignment`).
-* **Visual features** (§III-B): "the hidden layer vector ... from each image frame; the average of
-  each dimension between vectors is the facial emotion feature vector of this segment". VGG-19
-  weights (Table 2: input 72×72) are not available here, so the default ``visual_feature`` is
-  ``"descriptor"`` (dlib ResNet 128-d per frame, or ``"vggface"``), passed through one trainable
-  hidden layer that plays the role of the fine-tuned VGG hidden layer; ``"crop_small"`` runs a
-  VGG-19 conv stack (``vgg_cfg``) + hidden layer on the 72×72 crops instead, trained from scratch.
+* **Visual features** (§III-B): "the VGG is trained to recognize the single facial image
+  emotion" on "all image frames in the segment" (segment label as target), then "the hidden layer
+  vector is obtained from each image frame; the average of each dimension between vectors is the
+  facial emotion feature vector of this segment". Table 2 gives "VGG-19 model, input size =
+  72*72" and no widths, so the default is VGG-19 as published (Simonyan & Zisserman, config E:
+  16 conv 3×3 of widths 64, 64 | 128, 128 | 256 ×4 | 512 ×4 | 512 ×4, five 2×2 max pools, then
+  FC-4096, FC-4096, FC-classes; ``vgg_cfg``, ``visual_hidden`` = 4096, ``visual_layers`` = 2) on
+  the 72×72 face crops of each window's 16 frames (``visual_feature="crop_small"``, AVEF §2.1.2
+  alignment; 72 / 2⁵ → a 2×2×512 map into fc6). fc7 is "the hidden layer vector" F_V; fc8 is
+  ``visual_head``, the frame classifier of the pre-training. The paper does not say whether the
+  VGG-19 started from other weights; none are downloaded here: it is trained from scratch in
+  :meth:`ACLSTM.pretrain` (torchvision's VGG initialisation), every frame of a window with
+  video classified by fc8 against its segment's label (:meth:`ACLSTM.frame_loss`), then frozen.
+  The VGG and its FC layers train with Adam at ``vgg_lr`` = 1e-4 (the paper gives no rate). On a
+  synthetic 4-class task (a coloured square per class on noise, 72 px, batches of 16, 60 steps)
+  this VGG-19 from scratch stayed at chance at ``pretrain_lr`` = 1e-3 (loss 9.2 at first, 1.39 at
+  the end) and learned at 1e-4 (1.39 → 0.18).
+  Crops arrive in [0, 1] (``models/data.py``) or as uint8 (divided by 255 on the fly).
+  Alternatives (``visual_feature``): ``"vggface"``, per-frame VGGFace activations built into the
+  shards when ``[VGGFace] weights`` is set (``video/vggface``; e.g. a VGG-19 face network at
+  72 px, ``image_size = 72``), and ``"descriptor"``, dlib's 128-d ResNet face descriptor. Both go
+  through the same hidden FC layers; the descriptor is an *identity* embedding, computed every
+  5th frame (``[FaceDescriptor] every``): a window's 16 frames hold 4-6 distinct vectors (demo)
+  against 16 distinct crops, so it carries little expression. ``visual_dim`` is the per-frame
+  embedding size (``None``: 128 for the descriptor, 512 for VGGFace's default ``conv5_3``).
+  A window without usable video (``video_ok`` False) or a padding window is not run through the
+  VGG; a segment's visual vector is the mean over its windows with video (zeros if none).
 * **NTN consistency score** (§III-C eq 1, tensor dimension R = 5), trained separately
   (:meth:`ACLSTM.pretrain`) with target 1 when the audio and visual segment labels agree.
 * **Coupled LSTM** (§III-D eq 3-4) and the **attentive update** (eq 5), hidden 128; the two hidden
@@ -50,11 +71,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import fit, make_optimizer, masked_mean, masked_softmax, unit_assignment, unit_mean
+from models.layers import fit, make_optimizer, masked_mean, masked_softmax, to_device, unit_assignment, unit_mean
 
 VARIANTS = ("feature", "decision", "coupled", "aclstm")
 VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-         512, 512, 512, 512, "M")
+         512, 512, 512, 512, "M")  # Simonyan & Zisserman Table 1, config E
+VISUAL_FEATURES = ("crop_small", "vggface", "descriptor")
+# per-frame size of the stored face embeddings: dlib's descriptor; VGGFace's default layer conv5_3
+# (``[VGGFace] layer``, features/vggface.py: 512; pool5 / fc6 / fc7 need ``visual_dim``)
+EMBEDDING_DIMS = {"descriptor": 128, "vggface": 512}
 
 
 @dataclass
@@ -68,9 +93,10 @@ class ACLSTMConfig:
     sound_kernel: int = 32  # Table 2
     sound_filters: int = 700  # Table 2
     n_sound_types: int = 5  # laugh, breath, shout, silence, verbal (§II)
-    visual_feature: str = "descriptor"  # "descriptor" | "vggface" | "crop_small"
-    visual_dim: int = 128  # size of a per-frame embedding (descriptor 128)
-    visual_hidden: int = 256  # the "hidden layer vector" per frame (§III-B)
+    visual_feature: str = "crop_small"  # "crop_small" (VGG-19 on the crops) | "vggface" | "descriptor"
+    visual_dim: int | None = None  # per-frame embedding size (vggface/descriptor); None: EMBEDDING_DIMS
+    visual_hidden: int = 4096  # VGG-19's fc6/fc7 width; fc7 = the "hidden layer vector" (§III-B)
+    visual_layers: int = 2  # hidden FC layers (VGG-19: fc6, fc7)
     vgg_cfg: tuple = VGG19  # conv stack for visual_feature="crop_small" (VGG-19, Table 2)
     crop_size: int = 72  # Table 2: VGG-19 input 72×72
     ntn_slices: int = 5  # tensor dimension R (Table 2)
@@ -79,8 +105,10 @@ class ACLSTMConfig:
     pretrain_epochs: int = 5  # unimodal feature extractors (§III-B)
     ntn_epochs: int = 5  # NTN, trained independently (§III-C)
     pretrain_lr: float = 1e-3
+    vgg_lr: float = 1e-4  # Adam rate of the VGG-19 and fc6/fc7/fc8 (not given; 1e-3 diverged from scratch)
     optimizer: str = "adam"
     lr: float = 1e-3
+    batch_size: int = 16  # clips; Hsu & Wu give none (a documented choice, docs/fidelity.md)
     weight_decay: float = 0.0
 
 
@@ -157,15 +185,77 @@ class AudioCNN(nn.Module):
 
 
 def vgg_stack(cfg, in_channels: int = 3) -> nn.Sequential:
-    """VGG conv stack from a cfg list (Simonyan & Zisserman; "M" = 2×2 max pool)."""
+    """VGG conv stack from a cfg list (Simonyan & Zisserman; "M" = 2×2 max pool), with
+    torchvision's VGG initialisation (He normal, fan-out; zero bias) for training from scratch."""
     layers, c = [], in_channels
     for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(2))
         else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+            conv = nn.Conv2d(c, v, 3, padding=1)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+            layers += [conv, nn.ReLU(inplace=True)]
             c = v
     return nn.Sequential(*layers)
+
+
+def vgg_side(cfg, size: int) -> int:
+    """Side of the last feature map of ``vgg_stack(cfg)`` on ``size``×``size`` input."""
+    for v in cfg:
+        if v == "M":
+            size //= 2
+    return size
+
+
+def vgg_width(cfg) -> int:
+    """Channels of the last conv of a VGG cfg."""
+    return [v for v in cfg if v != "M"][-1]
+
+
+def as_images(x: torch.Tensor) -> torch.Tensor:
+    """Face crops as float in [0, 1]: uint8 is divided by 255 here (on the device), floats pass."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x
+
+
+def frames_through(net, crops: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Run ``net`` ((N, 3, H, W) → (N, D)) on every frame of the windows where ``keep`` is True.
+
+    ``crops`` (B, T, 3, F, H, W) (``models/data.py`` clip mode), ``keep`` (B, T) bool. Returns
+    (B, T, F, D), zeros on the other windows (padding, no usable video), which are never computed.
+    Inputs are centred (``as_images`` − 0.5).
+    """
+    B, T, C, n, H, W = crops.shape
+    x = crops[keep]                                            # (N, 3, F, H, W)
+    x = as_images(x).transpose(1, 2).reshape(-1, C, H, W) - 0.5
+    y = net(x)                                                 # (an empty batch passes too)
+    out = y.new_zeros(B, T, n, y.shape[-1])
+    out[keep] = y.reshape(-1, n, y.shape[-1])
+    return out
+
+
+def video_keep(batch: dict) -> torch.Tensor:
+    """(B, T) bool: the real windows (``mask``) whose video is usable (``video_ok`` when present)."""
+    keep = batch["mask"].to(torch.bool)
+    if "video_ok" in batch:
+        keep = keep & batch["video_ok"].to(torch.bool)
+    return keep
+
+
+def fit_groups(groups: list[dict], loss_fn, loader, device, *, epochs: int) -> list[float]:
+    """:func:`models.layers.fit` with optimiser groups ({params, lr}, Adam): the mean loss per epoch."""
+    opt = torch.optim.Adam(groups)
+    history = []
+    for _ in range(epochs):
+        total, n = 0.0, 0
+        for batch in loader:
+            loss = loss_fn(to_device(batch, device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + float(loss.detach()), n + 1
+        history.append(total / max(n, 1))
+    return history
 
 
 class AttentionLSTM(nn.Module):
@@ -190,24 +280,30 @@ class ACLSTM(nn.Module):
         super().__init__()
         if config.variant not in VARIANTS:
             raise ValueError(f"ACLSTMConfig.variant={config.variant!r}: use one of {VARIANTS}")
-        if config.visual_feature not in ("descriptor", "vggface", "crop_small"):
-            raise ValueError(f"ACLSTMConfig.visual_feature={config.visual_feature!r}: use "
-                             "'descriptor', 'vggface' or 'crop_small'")
+        if config.visual_feature not in VISUAL_FEATURES:
+            raise ValueError(f"ACLSTMConfig.visual_feature={config.visual_feature!r}: use one of {VISUAL_FEATURES}")
+        if config.visual_layers < 1:
+            raise ValueError("ACLSTMConfig.visual_layers must be >= 1 (the hidden layer vector of §III-B)")
         self.config = c = config
         in_ch = c.n_channels * c.n_mels
         self.emotion_cnn = AudioCNN(in_ch, c.emotion_filters, c.emotion_kernel)
         self.sound_cnn = AudioCNN(in_ch, c.sound_filters, c.sound_kernel)
         self.audio_head = nn.Linear(c.emotion_filters, c.n_classes)  # emotion CNN's own softmax
         self.sound_head = nn.Linear(c.sound_filters, c.n_sound_types)
-        if c.visual_feature == "crop_small":
+        if c.visual_feature == "crop_small":   # VGG-19 on the 72×72 crops (Table 2)
             self.vgg = vgg_stack(c.vgg_cfg)
-            n_pool = sum(1 for v in c.vgg_cfg if v == "M")
-            side = c.crop_size // 2 ** n_pool
-            last = [v for v in c.vgg_cfg if v != "M"][-1]
-            self.visual_hidden = nn.Sequential(nn.Flatten(), nn.Linear(last * side * side, c.visual_hidden), nn.ReLU())
+            side = vgg_side(c.vgg_cfg, c.crop_size)
+            if side < 1:
+                raise ValueError(f"ACLSTMConfig.vgg_cfg pools a {c.crop_size} px crop below 1 px: fewer 'M'")
+            d_in, first = vgg_width(c.vgg_cfg) * side * side, [nn.Flatten()]
         else:
             self.vgg = None
-            self.visual_hidden = nn.Sequential(nn.Linear(c.visual_dim, c.visual_hidden), nn.ReLU())
+            d_in, first = self.visual_dim, []
+        layers = []
+        for _ in range(c.visual_layers):   # fc6, fc7 of VGG-19
+            layers += [nn.Linear(d_in, c.visual_hidden), nn.ReLU()]
+            d_in = c.visual_hidden
+        self.visual_hidden = nn.Sequential(*first, *layers)
         self.visual_head = nn.Linear(c.visual_hidden, c.n_classes)  # the VGG's frame classifier
         self.ntn = NTN(c.emotion_filters, c.visual_hidden, c.ntn_slices)
         d_a, d_v = c.emotion_filters + c.sound_filters, c.visual_hidden
@@ -222,18 +318,51 @@ class ACLSTM(nn.Module):
             self.lstm_v = AttentionLSTM(d_v, c.hidden, c.n_classes, c.dropout)
 
     @property
+    def visual_dim(self) -> int:
+        """Per-frame size of a stored face embedding (``visual_dim``, else ``EMBEDDING_DIMS``)."""
+        c = self.config
+        return c.visual_dim if c.visual_dim is not None else EMBEDDING_DIMS.get(c.visual_feature, 0)
+
+    @property
     def features(self) -> tuple[str, ...]:
         """Feature names this configuration reads (FEATURES with the configured visual one)."""
         return ("logmel", self.config.visual_feature)
 
+    def frame_features(self, batch: dict) -> torch.Tensor:
+        """(B, T, 16, visual_hidden): the hidden layer vector of every frame of every window
+        (§III-B); zeros on padding and on windows without usable video."""
+        v, keep = batch[self.config.visual_feature], video_keep(batch)
+        if self.vgg is not None:   # (B, T, 3, 16, H, W) crops
+            return frames_through(nn.Sequential(self.vgg, self.visual_hidden), v, keep)
+        if v.shape[-1] != self.visual_dim:
+            raise ValueError(f"ACLSTM: {self.config.visual_feature} has {v.shape[-1]} values per frame, the "
+                             f"config expects visual_dim={self.visual_dim}: set visual_dim={v.shape[-1]}")
+        return self.visual_hidden(v) * keep[..., None, None].to(v.dtype)   # (B, T, 16, D) embeddings
+
+    def param_groups(self, modules, lr: float) -> list[dict]:
+        """Optimiser groups over the trainable parameters of ``modules``: the VGG and its FC layers
+        (``visual_feature="crop_small"``) at ``vgg_lr``, the rest at ``lr``."""
+        vis = {id(p) for m in (self.vgg, self.visual_hidden, self.visual_head) for p in m.parameters()} \
+            if self.vgg is not None else set()
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if id(p) not in vis], "lr": lr},
+                  {"params": [p for p in params if id(p) in vis], "lr": self.config.vgg_lr}]
+        return [g for g in groups if g["params"]]
+
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        """The config's optimiser over the trainable parameters (trainer hook)."""
+        """The config's optimiser over the trainable parameters (trainer hook); a VGG still
+        trainable (no pre-training) is a second group at ``vgg_lr``."""
         c = self.config
-        return make_optimizer(self.parameters(), name=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+        groups = self.param_groups([self], c.lr)
+        opt = make_optimizer(groups[0]["params"], name=c.optimizer, lr=groups[0]["lr"], weight_decay=c.weight_decay)
+        for g in groups[1:]:
+            opt.add_param_group(g)
+        return opt
 
     # --- segment features (§III-B) ----------------------------------------------------------
     def segment_features(self, batch: dict) -> dict:
-        """Per-segment audio emotion (B,S,300), sound-type (B,S,700) and visual (B,S,H) features."""
+        """Per-segment audio emotion (B,S,300), sound-type (B,S,700) and visual (B,S,H) features,
+        plus the per-frame hidden vectors ``frames`` (B,T,16,H), ``assign`` (B,S,T) and ``keep`` (B,T)."""
         logmel = batch["logmel"]  # (B, T, 3, n_mels, n_frames)
         B, T = logmel.shape[:2]
         mask = batch["mask"].to(torch.bool)
@@ -241,14 +370,13 @@ class ACLSTM(nn.Module):
         windows = logmel.reshape(B * T, *logmel.shape[2:])
         emo = unit_mean(self.emotion_cnn(windows).reshape(B, T, -1), assign)
         snd = unit_mean(self.sound_cnn(windows).reshape(B, T, -1), assign)
-        v = batch[self.config.visual_feature]
-        if self.vgg is not None:  # (B, T, 3, 16, H, W) crops
-            frames = v.permute(0, 1, 3, 2, 4, 5).reshape(-1, *v.shape[2:3], *v.shape[4:])
-            hv = self.visual_hidden(self.vgg(frames)).reshape(B, T, v.shape[3], -1)
-        else:  # (B, T, 16, D) per-frame embeddings
-            hv = self.visual_hidden(v)
-        vis = unit_mean(hv.mean(2), assign)  # frames of a window, then windows of a unit
-        return {"emotion": emo, "sound": snd, "visual": vis, "seg_mask": seg_mask}
+        # a segment's visual vector: the mean over the frames of its windows with video (§III-B)
+        keep = video_keep(batch)
+        has = (assign > 0).to(assign.dtype) * keep.unsqueeze(1).to(assign.dtype)   # (B, S, T)
+        frames = self.frame_features(batch)
+        vis = unit_mean(frames.mean(2), has / has.sum(-1, keepdim=True).clamp_min(1.0))
+        return {"emotion": emo, "sound": snd, "visual": vis, "seg_mask": seg_mask, "frames": frames,
+                "assign": assign, "keep": keep}
 
     def segment_targets(self, batch: dict, seg_mask: torch.Tensor) -> torch.Tensor:
         if "segment_label" in batch:
@@ -304,12 +432,25 @@ class ACLSTM(nn.Module):
         return F.cross_entropy(out["segment_logits"][m], target[m])
 
     # --- separately trained parts (§III-B, §III-C) ----------------------------------------------
+    def frame_loss(self, seg: dict, target: torch.Tensor) -> torch.Tensor:
+        """§III-B: "the image segment emotion label is used as the emotion classification target of
+        all image frames in the segment, and the VGG is trained to recognize the single facial image
+        emotion": cross-entropy of ``visual_head`` on every frame of every window with video, against
+        its segment's ``target`` (B, S). 0 when the batch has no such frame."""
+        on = seg["assign"] > 0                                   # (B, S, T)
+        real = on.any(1) & seg["keep"]                           # windows of a segment, with video
+        if not real.any():
+            return seg["frames"].sum() * 0.0
+        y = torch.gather(target, 1, on.float().argmax(1))        # (B, T): the label of the window's segment
+        logits = self.visual_head(seg["frames"][real])           # (N, 16, C)
+        return F.cross_entropy(logits.flatten(0, 1), y[real].repeat_interleave(logits.shape[1]))
+
     def _unimodal_loss(self, batch):
         seg = self.segment_features(batch)
         m = seg["seg_mask"]
-        y = self.segment_targets(batch, m)[m]
-        loss = F.cross_entropy(self.audio_head(seg["emotion"])[m], y) + \
-            F.cross_entropy(self.visual_head(seg["visual"])[m], y)
+        target = self.segment_targets(batch, m)
+        y = target[m]
+        loss = F.cross_entropy(self.audio_head(seg["emotion"])[m], y) + self.frame_loss(seg, target)
         if "sound_type" in batch:
             loss = loss + F.cross_entropy(self.sound_head(seg["sound"])[m], batch["sound_type"][m])
         return loss
@@ -337,8 +478,13 @@ class ACLSTM(nn.Module):
         extractors = [self.emotion_cnn, self.audio_head, self.visual_hidden, self.visual_head]
         if self.vgg is not None:
             extractors.append(self.vgg)
-        params = [p for mod in extractors for p in mod.parameters()] + list(self.sound_head.parameters())
-        hist = {"unimodal": fit(params, self._unimodal_loss, loader, device, epochs=c.pretrain_epochs, lr=c.pretrain_lr)}
+        before = [p.detach().clone() for p in self.sound_cnn.parameters()]
+        groups = self.param_groups(extractors + [self.sound_cnn, self.sound_head], c.pretrain_lr)
+        hist = {"unimodal": fit_groups(groups, self._unimodal_loss, loader, device, epochs=c.pretrain_epochs)}
+        # the sound-type CNN learns here from ``sound_type`` labels when the batches carry them, and
+        # is then frozen with the other extractors; without them it is trained with the fusion model
+        if any(not torch.equal(a, p) for a, p in zip(before, self.sound_cnn.parameters())):
+            extractors.append(self.sound_cnn)
         for mod in extractors:
             mod.requires_grad_(False)
         hist["ntn"] = fit(self.ntn.parameters(), self._ntn_loss, loader, device, epochs=c.ntn_epochs, lr=c.pretrain_lr)
@@ -354,7 +500,7 @@ def features(cfg: ACLSTMConfig) -> tuple[str, ...]:
 CONFIG = ACLSTMConfig
 MODEL = ACLSTM
 MODE = "clip"
-FEATURES = ("logmel", "descriptor")
+FEATURES = ("logmel", "crop_small")
 # axis names of the attention maps the trainer plots (models.plots.attention_png)
 ATTENTION = {"segment": dict(xlabel="segment (aclstm: NTN consistency score s, eq 1; feature: α)"),
              "segment_audio": dict(xlabel="segment (audio attention α)"),

@@ -16,18 +16,40 @@
 * Training (§3): MSE, Adam with learning rate 0.01 (``optimizer``, ``lr``); the trainer computes
   the CCC.
 
-**The 13 embeddings.** In Lucas §3 the video embeddings are VGGFace activations of every video
-frame (RECOLA, 25 fps), and the attention window is 13 frames ≈ half a second. This store gives,
-for each 655 ms audio window, its 16 aligned video frames (AVEF §2.1.2) with a per-frame
-embedding (``video_feature``: ``"descriptor"`` = dlib ResNet 128-d, or ``"vggface"`` when the
-weights were available at build time). A time step here is one window; its 13 attention
-embeddings are the window's 13 central frames (≈ 0.5 s at 25 fps, as in the paper), and V_t,
-the bypass input, is its centre frame. The audio input is the window's VGGish embedding
-(``"vggish_window"``, 128-d; VGGish itself is Lucas's audio embedding, 960 ms patches).
+**The 13 embeddings.** In Lucas §3 the video embeddings are "activations from the last
+convolutional layer of the VGGFace network" for every video frame (RECOLA, 25 fps), and the
+attention window is 13 frames ≈ half a second. This store gives, for each 655 ms audio window,
+its 16 aligned video frames (AVEF §2.1.2). A time step here is one window; its 13 attention
+embeddings are those of the window's 13 central frames (≈ 0.5 s at 25 fps, as in the paper), and
+V_t, the bypass input (and the video half of the early-fusion input), is the centre one of the 13.
+The audio input is the window's VGGish embedding (``"vggish_window"``, 128-d; VGGish itself is
+Lucas's audio embedding, 960 ms patches).
 
-**Clip-level targets.** RECOLA has a label per frame; the corpora here have one (valence,
-arousal) per clip, so the per-step fused outputs are averaged over the clip's real windows and
-``out["pred"]`` (B, 2) = (valence, arousal) is trained with MSE. With ``task="classification"``
+**The video embedding network (a documented choice).** VGGFace weights are not shipped, so by
+default (``video_feature="crop_small"``) the per-frame embedding is computed here by a CNN
+trained end to end with the DLSTMs (§3.2 trains "in an end-to-end fashion"; Lucas's VGGFace was
+fixed): the VGG-16 conv stack of VGGFace (Parkhi et al. 2015; ``video_cnn``, widths 64 | 128 |
+256 | 512 | 512, 13 conv 3×3, 5 max pools) on the 72×72 face crops of each of the 13 frames,
+its last conv layer's ReLU activations averaged over the spatial grid (as the store's
+``vggface`` ``conv5_3`` layer, ``features/vggface.py``): 512 values per frame (``video_dim``).
+Crops arrive in [0, 1] (``models/data.py``) or uint8 (divided by 255 on the fly); windows without
+usable video and padding windows are not computed (zero embeddings). The CNN is trained from
+scratch (torchvision's VGG initialisation) with Adam at ``video_cnn_lr`` = 1e-4 (the DLSTMs'
+0.01 of §3 is for recurrent layers on fixed embeddings: on a synthetic 4-class frame task, 72 px,
+batches of 16, 60 steps, this stack with a linear classifier went from loss 1.39 to 0.00 at 1e-4
+and blew up to 2.8e7, then stayed at chance, at 0.01). Alternatives: ``video_feature="vggface"``, the
+per-frame VGGFace activations built into the shards when ``[VGGFace] weights`` is set
+(``video/vggface``, Lucas's feature: 512-d at ``conv5_3``), and ``"descriptor"``, dlib's 128-d
+ResNet face descriptor: an *identity* embedding computed every 5th frame, so a window's 13
+central frames hold 3-6 distinct vectors (demo) against 13 distinct crops. ``video_dim`` is the
+embedding size (``None``: the CNN's last width, 128 for the descriptor, 512 for VGGFace).
+
+**Targets.** RECOLA has a label per 40 ms frame. With time-continuous labels in the shards
+(issue 18 item 3; ``valence_t``/``arousal_t`` in the batch: each window's mean over its voiced
+span, ``features/labels.py``) the loss is the MSE of the per-step outputs ``out["steps"]`` over
+the steps in ``target_mask`` (Lucas §3: MSE, a prediction per time step). Without them (one
+(valence, arousal) per clip) the per-step fused outputs are averaged over the clip's real
+windows and ``out["pred"]`` (B, 2) = (valence, arousal) is trained with MSE. With ``task="classification"``
 the same fusion runs over ``n_classes`` output dimensions and gives ``out["logits"]``.
 """
 from __future__ import annotations
@@ -38,9 +60,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.aclstm import EMBEDDING_DIMS, frames_through, vgg_stack, vgg_width, video_keep
 from models.layers import GeneralScore, make_optimizer, masked_mean
 
 FUSIONS = ("attention", "olb", "hlb")
+VIDEO_FEATURES = ("crop_small", "vggface", "descriptor")
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")  # VGGFace's convs
 
 
 @dataclass
@@ -48,9 +73,11 @@ class DLSTMConfig:
     n_classes: int = 2  # used when task == "classification"
     task: str = "regression"  # "regression" (valence, arousal) | "classification"
     audio_feature: str = "vggish_window"
-    video_feature: str = "descriptor"  # per-frame embeddings (B, T, 16, D); "vggface" likewise
+    video_feature: str = "crop_small"  # "crop_small" (video_cnn on the crops) | "vggface" | "descriptor"
     audio_dim: int = 128
-    video_dim: int = 128
+    video_dim: int | None = None  # None: video_cnn's last width (crops), else EMBEDDING_DIMS (128 / 512)
+    video_cnn: tuple = VGG16  # per-frame CNN on the 72 px crops: VGGFace's conv stack, spatial mean
+    video_cnn_lr: float = 1e-4  # Adam rate of video_cnn (a choice; the DLSTMs keep lr)
     audio_hidden: int = 32  # §3.2
     video_hidden: int = 128  # §3.2
     early_hidden: int = 128  # §3.2, third DLSTM
@@ -62,6 +89,7 @@ class DLSTMConfig:
     dropout: float = 0.5  # "dropout between the layers" (§2.2; the rate is not given)
     optimizer: str = "adam"  # §3
     lr: float = 0.01  # §3
+    batch_size: int = 16  # sequences; Lucas et al. give none (a documented choice)
     weight_decay: float = 0.0
 
     @property
@@ -138,13 +166,22 @@ class DLSTM(nn.Module):
             raise ValueError(f"DLSTMConfig.fusion={config.fusion!r}: use one of {FUSIONS}")
         if config.task not in ("regression", "classification"):
             raise ValueError(f"DLSTMConfig.task={config.task!r}: use 'regression' or 'classification'")
+        if config.video_feature not in VIDEO_FEATURES:
+            raise ValueError(f"DLSTMConfig.video_feature={config.video_feature!r}: use one of {VIDEO_FEATURES}")
         self.config = c = config
         o = c.n_outputs
+        self.cnn = None
+        if c.video_feature == "crop_small":
+            if c.video_dim not in (None, vgg_width(c.video_cnn)):
+                raise ValueError(f"DLSTMConfig.video_dim={c.video_dim}: the video CNN gives {vgg_width(c.video_cnn)} "
+                                 f"values per frame (its last width); leave video_dim unset")
+            self.cnn = nn.Sequential(vgg_stack(c.video_cnn), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        d_v = self.video_dim
         self.audio = DLSTMNet(c.audio_dim, c.audio_hidden, o, c.dropout)
-        self.video = AttentiveDLSTM(c.video_dim, c.video_hidden, o, c.dropout)
+        self.video = AttentiveDLSTM(d_v, c.video_hidden, o, c.dropout)
         hiddens = [c.audio_hidden, c.video_hidden]
         if c.early_fusion:
-            self.early = DLSTMNet(c.audio_dim + c.video_dim, c.early_hidden, o, c.dropout)
+            self.early = DLSTMNet(c.audio_dim + d_v, c.early_hidden, o, c.dropout)
             hiddens.append(c.early_hidden)
         n, cn = len(hiddens), sum(hiddens)
         if c.fusion == "attention":
@@ -156,13 +193,45 @@ class DLSTM(nn.Module):
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
 
     @property
+    def video_dim(self) -> int:
+        """Size of a frame's video embedding: the CNN's last width, or ``video_dim`` / ``EMBEDDING_DIMS``."""
+        c = self.config
+        if c.video_feature == "crop_small":
+            return vgg_width(c.video_cnn)
+        return c.video_dim if c.video_dim is not None else EMBEDDING_DIMS[c.video_feature]
+
+    @property
     def features(self) -> tuple[str, ...]:
         return (self.config.audio_feature, self.config.video_feature)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        """The config's optimiser over the trainable parameters (trainer hook)."""
+        """The config's optimiser over the trainable parameters (trainer hook); the video CNN's
+        parameters form a second group at ``video_cnn_lr``."""
         c = self.config
-        return make_optimizer(self.parameters(), name=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+        cnn = {id(p) for p in self.cnn.parameters()} if self.cnn is not None else set()
+        opt = make_optimizer([p for p in self.parameters() if id(p) not in cnn], name=c.optimizer, lr=c.lr,
+                             weight_decay=c.weight_decay)
+        if cnn:
+            opt.add_param_group({"params": [p for p in self.cnn.parameters() if p.requires_grad], "lr": c.video_cnn_lr})
+        return opt
+
+    def embeddings(self, batch: dict) -> torch.Tensor:
+        """(B, T, n_embeddings, video_dim): the video embeddings of each window's central frames
+        (the CNN's on the crops, else the stored ones)."""
+        c = self.config
+        v = batch[c.video_feature]  # crops (B, T, 3, F, H, W) or embeddings (B, T, F, D)
+        axis = 3 if self.cnn is not None else 2
+        n_frames = v.shape[axis]
+        if n_frames < c.n_embeddings:
+            raise ValueError(f"DLSTM: {c.video_feature} has {n_frames} frames per window, fewer than "
+                             f"n_embeddings={c.n_embeddings}; lower DLSTMConfig.n_embeddings")
+        central = v.narrow(axis, (n_frames - c.n_embeddings) // 2, c.n_embeddings)
+        if self.cnn is not None:
+            return frames_through(self.cnn, central, video_keep(batch))
+        if v.shape[-1] != self.video_dim:
+            raise ValueError(f"DLSTM: {c.video_feature} has {v.shape[-1]} values per frame, the config expects "
+                             f"video_dim={self.video_dim}: set video_dim={v.shape[-1]}")
+        return central
 
     @property
     def bypass(self) -> bool:
@@ -177,19 +246,13 @@ class DLSTM(nn.Module):
     def forward(self, batch: dict) -> dict:
         c = self.config
         a = batch[c.audio_feature]  # (B, T, Da)
-        v = batch[c.video_feature]  # (B, T, F, Dv) frames of each window
         mask = batch["mask"].to(torch.bool)
-        n_frames = v.shape[2]
-        if n_frames < c.n_embeddings:
-            raise ValueError(f"DLSTM: {c.video_feature} has {n_frames} frames per window, fewer than "
-                             f"n_embeddings={c.n_embeddings}; lower DLSTMConfig.n_embeddings")
-        start = (n_frames - c.n_embeddings) // 2
-        windows = v[:, :, start:start + c.n_embeddings]
+        windows = self.embeddings(batch)   # (B, T, n, Dv)
         y_a, h_a = self.audio(a)
         y_v, h_v, att = self.video(windows, self.bypass)
         ys, hs = [y_a, y_v], [h_a, h_v]
-        if c.early_fusion:
-            y_e, h_e = self.early(torch.cat([a, v[:, :, n_frames // 2]], -1))
+        if c.early_fusion:   # audio and the centre video embedding V_t, per step (§3.2)
+            y_e, h_e = self.early(torch.cat([a, windows[:, :, c.n_embeddings // 2].to(a.dtype)], -1))
             ys.append(y_e)
             hs.append(h_e)
         Y, C = torch.stack(ys, -1), torch.cat(hs, -1)  # (B,T,o,n), (B,T,cn)
@@ -212,6 +275,11 @@ class DLSTM(nn.Module):
         if "valence" not in batch or "arousal" not in batch:
             raise KeyError("DLSTM regression needs 'valence' and 'arousal' in the batch: the corpus's "
                            "labels CSV must have valence,arousal columns (or use task='classification')")
+        if "valence_t" in batch:   # time-continuous labels (issue 18 item 3): MSE per step (window), masked
+            steps = out["steps"].float()
+            target = torch.stack([batch["valence_t"], batch["arousal_t"]], -1).to(steps.dtype)
+            m = batch["target_mask"].to(torch.bool)
+            return F.mse_loss(steps[m], target[m]) if bool(m.any()) else (steps * 0).sum()
         target = torch.stack([batch["valence"], batch["arousal"]], -1).to(out["pred"].dtype)
         return F.mse_loss(out["pred"], target)
 
@@ -224,7 +292,7 @@ def features(cfg: DLSTMConfig) -> tuple[str, ...]:
 CONFIG = DLSTMConfig
 MODEL = DLSTM
 MODE = "clip"
-FEATURES = ("vggish_window", "descriptor")
+FEATURES = ("vggish_window", "crop_small")
 # axis names of the attention maps the trainer plots (models.plots.attention_png)
 ATTENTION = {"embedding": dict(xlabel="video embedding s (eq 1-2)", ylabel="step (window)"),
              "fusion": dict(xlabel="DLSTM (audio, video, early)", ylabel="step (window)", panel="output")}

@@ -1,4 +1,5 @@
-"""DLSTM with embedding and bimodal attention (Lucas §2.2, §3): equations, variants, paper sizes."""
+"""DLSTM with embedding and bimodal attention (Lucas §2.2, §3): equations, variants, paper sizes;
+the video embeddings: a per-frame CNN on the crops by default (tiny here), or stored ones."""
 import pytest
 import torch
 
@@ -8,7 +9,9 @@ from tests.models.conftest import fit_steps
 
 
 def tiny(**kw):
-    cfg = dict(audio_dim=6, video_dim=5, audio_hidden=3, video_hidden=4, early_hidden=5, dropout=0.0)
+    cfg = dict(audio_dim=6, video_cnn=(4, "M", 5), audio_hidden=3, video_hidden=4, early_hidden=5, dropout=0.0)
+    if kw.get("video_feature") == "descriptor":
+        cfg["video_dim"] = 5
     cfg.update(kw)
     return D.DLSTM(D.DLSTMConfig(**cfg))
 
@@ -16,6 +19,7 @@ def tiny(**kw):
 def make_batch(B=2, T=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"vggish_window": torch.randn(B, T, 6, generator=g), "descriptor": torch.randn(B, T, 16, 5, generator=g),
+            "crop_small": torch.randint(0, 256, (B, T, 3, 16, 8, 8), generator=g, dtype=torch.uint8),
             "mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]).bool()[:B, :T],
             "valence": torch.tensor([0.3, -0.2])[:B], "arousal": torch.tensor([-0.1, 0.5])[:B],
             "label": torch.tensor([0, 1])[:B]}
@@ -46,10 +50,11 @@ def test_bimodal_attention_fusion_by_hand_and_weights_sum_to_one_per_output():
     assert not torch.allclose(a[..., 0, :], a[..., 1, :])  # valence and arousal attend differently
 
 
+@pytest.mark.parametrize("video", ["crop_small", "descriptor"])
 @pytest.mark.parametrize("fusion", D.FUSIONS)
 @pytest.mark.parametrize("early", [True, False])
-def test_fusion_outputs_follow_eq_5_6_7(fusion, early):
-    model = tiny(fusion=fusion, early_fusion=early).eval()
+def test_fusion_outputs_follow_eq_5_6_7(fusion, early, video):
+    model = tiny(fusion=fusion, early_fusion=early, video_feature=video).eval()
     batch = make_batch()
     out = model(batch)
     Y, C, z = out["outputs"], out["hidden"], out["steps"]
@@ -68,6 +73,8 @@ def test_fusion_outputs_follow_eq_5_6_7(fusion, early):
     out = model(batch)
     model.loss(out, batch).backward()
     assert all(p.grad is not None for p in model.audio.lstm.parameters())  # HLB skips the linear layers
+    if video == "crop_small":   # the video CNN is trained end to end
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cnn.parameters())
 
 
 def test_embedding_attention_is_bypassed_for_five_epochs_then_gdp():
@@ -102,17 +109,66 @@ def test_embedding_attention_uses_the_previous_hidden_state_eq_1_2():
     assert not torch.allclose(y, y_b)
 
 
-def test_thirteen_central_frames_of_each_window():
-    model = tiny(embedding_attention=False).eval()
+@pytest.mark.parametrize("video", ["crop_small", "descriptor"])
+def test_thirteen_central_frames_of_each_window(video):
+    model = tiny(embedding_attention=False, video_feature=video).eval()
     batch = make_batch()
     out = model(batch)
-    batch2 = dict(batch)
-    batch2["descriptor"] = batch["descriptor"].clone()
-    batch2["descriptor"][:, :, [0, 14, 15]] += 100.0  # outside the 13 central frames (1..13)
-    # the video DLSTM (bypassed: centre frame) and early fusion read frame 8 only → unchanged
-    torch.testing.assert_close(model(batch2)["steps"], out["steps"])
+    axis = 3 if video == "crop_small" else 2   # crops (B, T, 3, 16, H, W), embeddings (B, T, 16, D)
+
+    def changed(frames):
+        x = batch[video].clone()
+        x.index_fill_(axis, torch.tensor(frames), 7)
+        return model({**batch, video: x})["steps"]
+
+    # outside the 13 central frames (1..13), and frame 8: the video DLSTM (bypassed) and early fusion
+    # read V_t, the centre of the 13 (frame 7) only → unchanged
+    torch.testing.assert_close(changed([0, 14, 15, 8]), out["steps"])
+    assert not torch.allclose(changed([7]), out["steps"])
     with pytest.raises(ValueError, match="n_embeddings"):
-        model({**batch, "descriptor": batch["descriptor"][:, :, :8]})
+        model({**batch, video: batch[video].narrow(axis, 0, 8)})
+
+
+def test_the_default_video_embedding_is_a_cnn_on_the_72px_crops():
+    c = D.DLSTMConfig()
+    assert c.video_feature == "crop_small" and c.video_cnn == D.VGG16 and c.video_dim is None
+    assert D.FEATURES == D.features(c) == ("vggish_window", "crop_small")
+    assert tiny(video_feature="descriptor").features == ("vggish_window", "descriptor")
+    model = tiny()
+    opt = model.configure_optimizer()   # the CNN trains at its own rate, the DLSTMs at §3's 0.01
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 1e-4]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in model.cnn.parameters()}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    batch = make_batch()
+    as_float = {**batch, "crop_small": batch["crop_small"].float() / 255}   # uint8 is scaled on the fly
+    torch.testing.assert_close(model.eval()(batch)["pred"], model(as_float)["pred"])
+
+
+def test_the_cnn_sees_the_13_distinct_central_frames_of_the_windows_with_video_only():
+    model = tiny().eval()
+    batch = make_batch()
+    batch["video_ok"] = torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]]).bool()   # (0, 1) no video; (1, 2-3) padding
+    seen = []
+    model.cnn.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    emb = model.embeddings(batch)
+    keep = batch["mask"] & batch["video_ok"]
+    assert seen[0].shape == (int(keep.sum()) * 13, 3, 8, 8)
+    assert all(len(torch.unique(w, dim=0)) == 13 for w in seen[0].reshape(-1, 13, 3 * 64))
+    expected = batch["crop_small"][keep][:, :, 1:14].transpose(1, 2).float() / 255 - 0.5
+    torch.testing.assert_close(seen[0], expected.reshape(-1, 3, 8, 8))
+    assert emb.shape == (2, 4, 13, 5) and torch.all(emb[~keep] == 0) and torch.all(emb[keep] >= 0)
+
+
+def test_stored_face_embeddings_need_their_size():
+    assert tiny(video_feature="descriptor", video_dim=None).video.score.W_a.shape == (4, 128)
+    assert tiny(video_feature="vggface").early.lstm.input_size == 6 + 512   # conv5_3 (features/vggface.py)
+    batch = make_batch()
+    with pytest.raises(ValueError, match="video_dim=5"):
+        tiny(video_feature="descriptor", video_dim=128)(batch)
+    with pytest.raises(ValueError, match="video_dim"):
+        tiny(video_dim=512)   # the CNN decides
+    with pytest.raises(ValueError, match="video_feature"):
+        tiny(video_feature="pca")
 
 
 def test_regression_needs_valence_and_arousal_and_classification_works():
@@ -134,22 +190,29 @@ def test_paper_sizes():
     assert (c.lr, c.optimizer, c.n_embeddings, c.bypass_epochs) == (0.01, "adam", 13, 5)
     assert model.audio.lstm.hidden_size == 32 and model.audio.lstm.num_layers == 2  # §3.2
     assert model.video.cell1.hidden_size == 128 and model.video.cell2.hidden_size == 128
-    assert model.early.lstm.hidden_size == 128 and model.early.lstm.input_size == 256
+    assert model.early.lstm.hidden_size == 128 and model.early.lstm.input_size == 128 + 512
     assert model.W_m.shape == (2, 32 + 128 + 128, 3)  # W_m ∈ R^{cn×n} per output dimension
-    assert model.video.score.W_a.shape == (128, 128)
+    assert model.video.score.W_a.shape == (128, 512)
+    # the video embedding: VGGFace's VGG-16 conv stack (13 conv 3×3, 5 pools), last conv averaged
+    convs = [m for m in model.cnn[0] if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.cnn[0]) == 5
+    assert model.cnn(torch.zeros(1, 3, 72, 72)).shape == (1, 512) and model.video_dim == 512
     assert tiny(fusion="olb").W.shape == (3, 1)  # eq 6: W ∈ R^{n×1}
     assert tiny(fusion="hlb").W.weight.shape == (2, 12)  # eq 7: W ∈ R^{cn×o}
     with pytest.raises(ValueError, match="fusion"):
         D.DLSTM(D.DLSTMConfig(fusion="late"))
 
 
-def test_a_few_steps_reduce_the_mse_on_a_learnable_batch():
+@pytest.mark.parametrize("video", ["crop_small", "descriptor"])
+def test_a_few_steps_reduce_the_mse_on_a_learnable_batch(video):
     torch.manual_seed(0)
     B, T = 8, 4
     audio = torch.randn(B, T, 6)
-    batch = {"vggish_window": audio, "descriptor": torch.randn(B, T, 16, 5), "mask": torch.ones(B, T, dtype=torch.bool),
+    batch = {"vggish_window": audio, "descriptor": torch.randn(B, T, 16, 5),
+             "crop_small": torch.rand(B, T, 3, 16, 8, 8), "mask": torch.ones(B, T, dtype=torch.bool),
              "valence": audio[:, :, 0].mean(1), "arousal": -audio[:, :, 1].mean(1)}
-    model = tiny()
+    model = tiny(video_feature=video)
     model.on_epoch_start(5)
     losses = fit_steps(model, batch, steps=40, lr=0.01)
     assert losses[-1] < 0.3 * losses[0]

@@ -16,8 +16,11 @@ from models.train import checkpoint_dataset, cli, clip_outputs, load_checkpoint,
 
 AVEF = ["small_crops=true", "audio_size=67", "audio_channels=[8,16,16,16,16]", "visual_size=32",
         "visual_channels=[4,8,8,8,16,16,16,16]", "fc=32", "dbn_hidden=[16,8]", "net_epochs=1", "rbm_epochs=1"]
-ACLSTM = ["emotion_filters=8", "sound_filters=8", "visual_hidden=8", "hidden=8", "pretrain_epochs=1", "ntn_epochs=1"]
-DLSTM = ["audio_hidden=8", "video_hidden=8", "early_hidden=8", "bypass_epochs=1"]
+# ACLSTM's and DLSTM's default visual input is the 72 px crops through a CNN (VGG-19 / VGGFace's
+# VGG-16 convs at paper size): here one conv of 4 filters between pools (18×18 input, 9×9 out)
+ACLSTM = ["emotion_filters=8", "sound_filters=8", "visual_hidden=8", "hidden=8", "pretrain_epochs=1", "ntn_epochs=1",
+          'vgg_cfg=["M",4,"M","M"]']
+DLSTM = ["audio_hidden=8", "video_hidden=8", "early_hidden=8", "bypass_epochs=1", 'video_cnn=["M",4,"M"]']
 PERCEPTION = ["hidden=8", "hidden_av=8", "hidden_sel=4", "embed_dim=4", "visual_layer=8"]
 SINCNET = ["sinc_filters=8", "sinc_kernel=31", "conv_filters=[8,8]", "audio_dnn=[32,32]", "rnn_hidden=8",
            "text_filters=4", "text_dnn=[32]", "segment_dim=8", "fusion_hidden=16", "pretrain_epochs=1",
@@ -30,8 +33,10 @@ CASES = [
     ("aclstm-coupled", "aclstm", "full", ACLSTM + ["variant=coupled"], set()),
     ("aclstm-feature", "aclstm", "full", ACLSTM + ["variant=feature"], {"segment"}),
     ("aclstm-decision", "aclstm", "full", ACLSTM + ["variant=decision"], {"segment_audio", "segment_visual"}),
-    ("aclstm-vgg-crops", "aclstm", "full", ACLSTM + ["visual_feature=crop_small", 'vgg_cfg=[4,"M",4,"M"]'], {"segment"}),
+    ("aclstm-descriptor", "aclstm", "full", ACLSTM + ["visual_feature=descriptor"], {"segment"}),
     ("dlstm-classification", "dlstm", "full", DLSTM + ["task=classification"], {"embedding", "fusion"}),
+    ("dlstm-descriptor", "dlstm", "full", DLSTM + ["task=classification", "video_feature=descriptor"],
+     {"embedding", "fusion"}),
     ("dlstm-hlb", "dlstm", "full", DLSTM + ["task=classification", "fusion=hlb"], {"embedding"}),
     ("dlstm-regression", "dlstm", "va", DLSTM, {"embedding", "fusion"}),
     ("dlstm-regression-olb", "dlstm", "va", DLSTM + ["fusion=olb", "early_fusion=false"], {"embedding"}),
@@ -125,6 +130,41 @@ def test_trains_end_to_end(case, full_store, va_store, tmp_path):
     for png in pics:
         assert matplotlib.image.imread(fold / png).ndim == 3
     assert (tmp_path / model / "demo" / "loso" / "summary.json").is_file()
+
+
+def test_the_visual_cnns_see_distinct_frames_where_the_descriptor_repeats(full_store):
+    """On the demo shards, ACLSTM's VGG gets the 16 frames of each window with video and DLSTM's CNN
+    the 13 central ones, (almost) all distinct; the dlib descriptor, computed every 5th frame, has
+    a handful of distinct vectors per window (issue 18 item 6)."""
+    from models import aclstm, dlstm
+    from models.data import ShardDataset
+
+    table = clip_table(find_shards(full_store, "demo"))
+    ds = ShardDataset(table, range(len(table)), features=("logmel", "crop_small", "descriptor", "vggish_window"),
+                      mode="clip")
+    batch = collate(ds.__getitems__(range(len(ds))))
+    keep = batch["mask"] & batch["video_ok"]
+    seen = []
+    hook = lambda mod, inp, out: seen.append(inp[0].detach().flatten(1))   # noqa: E731
+    a = aclstm.ACLSTM(aclstm.ACLSTMConfig(n_classes=3, emotion_filters=4, sound_filters=4, visual_hidden=4, hidden=4,
+                                          vgg_cfg=("M", 2, "M", "M")))
+    d = dlstm.DLSTM(dlstm.DLSTMConfig(task="classification", n_classes=3, audio_hidden=4, video_hidden=4,
+                                      early_hidden=4, video_cnn=("M", 2, "M")))
+    a.vgg.register_forward_hook(hook)
+    d.cnn.register_forward_hook(hook)
+    with torch.no_grad():
+        a.segment_features(batch)
+        d(batch)
+    n = int(keep.sum())
+    assert n > 50 and seen[0].shape[0] == 16 * n and seen[1].shape[0] == 13 * n
+    distinct = {k: np.array([len(torch.unique(w, dim=0)) for w in x.reshape(n, f, -1)])
+                for k, x, f in (("vgg", seen[0], 16), ("cnn", seen[1], 13),
+                                ("descriptor", batch["descriptor"][keep], 16),
+                                ("descriptor13", batch["descriptor"][keep][:, 1:14], 13))}
+    # a window whose clip repeats a video frame may show 15 (12) distinct crops
+    assert distinct["vgg"].min() >= 15 and distinct["vgg"].mean() > 15.9
+    assert distinct["cnn"].min() >= 12 and distinct["cnn"].mean() > 12.9
+    assert distinct["descriptor"].max() <= 6 and distinct["descriptor13"].mean() < 5
 
 
 def test_targets_are_checked_before_training(full_store, va_store, tmp_path):
