@@ -31,6 +31,9 @@ from features.errors import ClipError, ParameterError
 SILENCE, VERBAL, NONVERBAL = 0, 1, 2
 UNIT_KINDS = {SILENCE: "silence", VERBAL: "verbal", NONVERBAL: "nonverbal"}
 PITCH_STEP_S = 0.01
+BLOCK = 1 << 16  # samples converted to float64 at a time
+#: Longer clips (> 5 min at 16 kHz) are copied into Praat block by block (``praat_sound``).
+DIRECT_SAMPLES = 5 * 60 * 16000
 
 
 def prosodic_units(*, y: np.ndarray, sr: int, silence_db: float = -25.0, min_silence_s: float = 0.10,
@@ -43,21 +46,26 @@ def prosodic_units(*, y: np.ndarray, sr: int, silence_db: float = -25.0, min_sil
     -------
     units : np.ndarray, shape (n_units, 3), float64 — columns t_begin (s), t_end (s), kind
         (0 silence, 1 verbal, 2 non-verbal), in time order, tiling [0, len(y) / sr].
+
+    ``y`` may be any 1-D sequence that slices to arrays (an HDF5 dataset): it is read ``BLOCK``
+    samples at a time, and never converted to float64 whole outside Praat (``praat_sound``); a
+    silent clip is found so without Praat.
     """
-    import parselmouth
     from parselmouth.praat import call
 
     if silence_db >= 0:
         raise ParameterError(f"silence_db is relative to the maximum and must be < 0, got {silence_db}")
     if not 0 < pitch_floor < pitch_ceiling:
         raise ParameterError(f"need 0 < pitch_floor < pitch_ceiling, got {pitch_floor}, {pitch_ceiling}")
-    y = np.asarray(y, dtype=np.float64)
-    duration = y.size / sr
+    if not hasattr(y, "shape"):
+        y = np.asarray(y, dtype=np.float64)
+    n = y.shape[0]
+    duration = n / sr
     if duration < 0.1:  # Praat's intensity analysis needs 6.4 / 100 Hz = 64 ms plus margin
         raise ClipError("too_short", f"{duration * 1000:.0f} ms of audio is too short for prosodic analysis")
-    if not np.any(np.abs(y) > 1e-6):
+    if not any(np.any(np.abs(np.asarray(y[a:a + BLOCK], dtype=np.float64)) > 1e-6) for a in range(0, n, BLOCK)):
         return np.array([[0.0, duration, SILENCE]])
-    sound = parselmouth.Sound(y, sampling_frequency=sr)
+    sound = praat_sound(y, sr)
     intensity = sound.to_intensity(minimum_pitch=100.0, time_step=PITCH_STEP_S)
     db, db_t = intensity.values[0], intensity.xs()
     grid = call(intensity, "To TextGrid (silences)", silence_db, min_silence_s, min_sounding_s,
@@ -88,6 +96,33 @@ def prosodic_units(*, y: np.ndarray, sr: int, silence_db: float = -25.0, min_sil
     out = np.array(units, dtype=np.float64)
     out[0, 0], out[-1, 1] = 0.0, duration
     return out
+
+
+def praat_sound(y, sr: int):
+    """A Praat Sound of the mono signal ``y`` (any 1-D sequence that slices to arrays).
+
+    Praat holds samples as float64: 0.46 GB per hour at 16 kHz. A short clip goes through
+    ``parselmouth.Sound(y)`` (which needs the float64 array); a long one (more than
+    ``DIRECT_SAMPLES``) is created empty in Praat and filled ``BLOCK`` samples at a time, so no
+    float64 copy of the whole clip exists outside Praat (issue 19 item 11). Both have the same
+    samples, start, sampling period and first sample time (``Override sampling frequency`` sets
+    x1 = dx / 2 as the constructor does); the end time is ``nx · dx`` where the constructor has
+    ``n / sr``, which can differ in the last bit.
+    """
+    import parselmouth
+    from parselmouth.praat import call
+
+    n = y.shape[0]
+    if n <= DIRECT_SAMPLES:
+        return parselmouth.Sound(np.asarray(y[:], dtype=np.float64), sampling_frequency=sr)
+    sound = call("Create Sound from formula", "clip", 1, 0.0, n / sr, sr, "0")
+    sound.override_sampling_frequency(sr)
+    if sound.n_samples != n:
+        raise RuntimeError(f"Praat made a Sound of {sound.n_samples} samples for {n}")
+    values = sound.values  # a writable view of Praat's own samples
+    for a in range(0, n, BLOCK):
+        values[0, a:a + BLOCK] = np.asarray(y[a:a + BLOCK], dtype=np.float64)
+    return sound
 
 
 def _intervals(listing: str) -> list[tuple[float, float, bool]]:
