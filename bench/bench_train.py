@@ -4,9 +4,10 @@ For every model of ``models.MODELS`` whose module imports here, on the demo shar
 (a ``DataLoader`` with ``--workers`` workers, the model's mode and features, batch = the config's
 ``batch_size``) and of full training steps (loader + forward + loss + backward + optimizer step; bf16
 autocast on a GPU). A model whose features are not in the shards is reported with the reason.
-AVEF (and ACLSTM's and DLSTM's face CNNs) run at small widths on a CPU and at the published sizes on a GPU (``--paper`` forces
-them). DLSTM is benchmarked with ``task="classification"`` on a corpus without valence/arousal.
-Prints one JSON object.
+AVEF (and ACLSTM's and DLSTM's face CNNs) run at small widths on a CPU and at the published sizes
+on a GPU (``--paper`` forces them; ``--set MODEL.FIELD=VALUE`` overrides one field). On a GPU the
+mean utilisation during the timed steps (NVML) is reported beside the rates. DLSTM is benchmarked
+with ``task="classification"`` on a corpus without valence/arousal. Prints one JSON object.
 
 The shards: ``--store DIR`` names a store holding a build of the demo whose newest build record
 has every feature the models read (``logmel``, ``crop(_small)``, ``pca``, ``descriptor``,
@@ -23,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,9 +75,39 @@ def demo_store() -> str:
     return store
 
 
-def bench(name, table, *, device, paper, steps, workers) -> dict:
+class GPUUtilisation:
+    """Mean GPU utilisation (NVML, sampled every 0.1 s) while the block runs; None without a GPU."""
+
+    def __enter__(self):
+        self.samples, self._stop = [], threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        except Exception:  # no NVML (a CPU run): nothing to sample
+            return self
+
+        def sample():
+            while not self._stop.wait(0.1):
+                self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if hasattr(self, "_thread"):
+            self._thread.join()
+
+    @property
+    def mean(self):
+        return round(float(np.mean(self.samples)), 1) if self.samples else None
+
+
+def bench(name, table, *, device, paper, steps, workers, overrides=None) -> dict:
     module = models.load(name)
-    cfg = make_config(module, {} if paper else SMALL.get(name, {}))
+    cfg = make_config(module, {**({} if paper else SMALL.get(name, {})), **(overrides or {})})
     if getattr(cfg, "task", None) == "regression" and not np.isfinite(table.valence).any():
         cfg.task = "classification"   # DLSTM on a corpus without valence/arousal (the demo)
     classes, label_map = classes_of(module, cfg, table.manifest["label_set"])
@@ -121,15 +153,17 @@ def bench(name, table, *, device, paper, steps, workers) -> dict:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
     t0, n = time.perf_counter(), 0
-    for b in batches(steps):
-        n += step(b)
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+    with GPUUtilisation() as util:
+        for b in batches(steps):
+            n += step(b)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
     step_rate = n / (time.perf_counter() - t0)
     return {"mode": module.MODE, "features": list(feats), "batch_size": bs, "items": len(ds),
             "params": sum(p.numel() for p in model.parameters()), "sizes": "paper" if paper or name not in SMALL else "small",
             "loader_samples_per_s": round(loader_rate, 1), "train_samples_per_s": round(step_rate, 1),
-            "loader_bound": loader_rate < 2 * step_rate}
+            "loader_bound": loader_rate < 2 * step_rate, "gpu_utilisation_percent": util.mean,
+            "overrides": overrides or {}}
 
 
 def main():
@@ -140,6 +174,8 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="*", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="MODEL.FIELD=VALUE",
+                   help="a config override for one model, VALUE as JSON (e.g. avef.small_crops=true)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -149,8 +185,10 @@ def main():
            "torch": torch.__version__, "threads": args.threads, "workers": args.workers, "steps": args.steps,
            "models": {}, "not_importable": [m for m in models.MODELS if m not in models.available()]}
     for name in names:
+        overrides = {k.split(".", 1)[1]: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)
+                     if k.split(".", 1)[0] == name}
         out["models"][name] = bench(name, table, device=device, paper=args.paper or device == "cuda",
-                                    steps=args.steps, workers=args.workers)
+                                    steps=args.steps, workers=args.workers, overrides=overrides)
     print(json.dumps(out, indent=1))
 
 

@@ -33,6 +33,14 @@ Layout of a shard (``h5ls -r`` output is in README.md)::
                                                      (``features.labels``: the time average over
                                                      each window's voiced span), ``labels_on_grid``
                                                      to any time grid
+    /unit_labels/{label, audio_label, visual_label, sound_type, offsets}
+                                                     per-unit segment labels (issue 18 item 7, Hsu &
+                                                     Wu §II), only when the manifest names
+                                                     ``segment_labels``: one row per row of /units
+                                                     (same offsets), the audio-visual, audio-only,
+                                                     visual-only emotion and the sound type of the
+                                                     annotated segment that covers the unit
+                                                     (``pipeline.manifest.unit_rows``); "" = none
 
 Embeddings (``features.embeddings``, ``pipeline.embeddings``; each present only when its stage is
 enabled, ``Shard.has(name)`` tells)::
@@ -73,7 +81,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from features.errors import CorruptShard, ParameterError, UnsafeShard
+from features.errors import CorruptShard, ParameterError, ShardError, UnsafeShard
 
 #: 1: Blosc/gzip/lzf chunks; 2: every chunked dataset also has a fletcher32 checksum (issue 19).
 #: Both read; the version is part of every stage's hash chain (see the module docstring).
@@ -93,7 +101,8 @@ CHUNK_BYTES = 256 * 1024
 #: bench_reader.py), for files 3-6 % larger on the float features (waveform
 #: 1.36× vs 1.44×, log-mel 2.23× vs 2.32×); on the uint8 face crops, 1.33× against lzf's 1.22× at
 #: less than half lzf's time (0.6 vs 1.3 ms per 173 px crop written). Reading these files with
-#: h5py needs ``import hdf5plugin`` first (``open_file`` and every reader here do it).
+#: h5py needs ``import hdf5plugin`` first (``open_file`` and every reader here do it when it is
+#: installed); ``avstore export --codec gzip`` writes a copy that any h5py reads (issue 23 item 5).
 COMPRESSORS = (None, "gzip", "lzf", "blosc-zstd")
 COMPRESSION = {"f": "blosc-zstd", "i": "blosc-zstd", "u": "blosc-zstd", "O": None, "S": None}
 # For bulky intermediate files that never leave the machine (the decoded waveform, read by four
@@ -157,12 +166,43 @@ def _filter(name: str | None, itemsize: int) -> dict:
     raise ParameterError(f"unknown compressor {name!r}; one of {COMPRESSORS}")
 
 
-def _h5py():
-    """h5py with hdf5plugin's filters (Blosc) registered, so compressed datasets can be read."""
-    import h5py
-    import hdf5plugin  # noqa: F401  (registers the filters with the HDF5 library on import)
+#: whether ``import hdf5plugin`` worked (None: not tried yet in this process)
+_PLUGIN: bool | None = None
 
+
+def _h5py():
+    """h5py with hdf5plugin's filters (Blosc) registered when hdf5plugin is installed. Without it
+    (a bare training host, issue 23 item 5) gzip, lzf and unfiltered files read as ever, and a
+    read of a Blosc dataset is a ``MissingFilter`` naming the file and the fix."""
+    global _PLUGIN
+    import h5py
+
+    if _PLUGIN is None:
+        try:
+            import hdf5plugin  # noqa: F401  (registers the filters with the HDF5 library on import)
+            _PLUGIN = True
+        except ImportError:
+            _PLUGIN = False
     return h5py
+
+
+class MissingFilter(ShardError):
+    """A dataset compressed with a filter this HDF5 library lacks (Blosc without hdf5plugin)."""
+
+
+def _missing_filter(f, name: str) -> str | None:
+    """The filter of dataset ``name`` that this HDF5 library cannot apply, or None."""
+    from h5py import h5z
+
+    try:
+        plist = f[name].id.get_create_plist()
+        for i in range(plist.get_nfilters()):
+            code, _, _, label = plist.get_filter(i)
+            if not h5z.filter_avail(code):
+                return f"{label.decode(errors='replace') or 'filter'} (HDF5 filter {code})"
+    except Exception:  # a damaged file: the caller reports it as corrupt
+        return None
+    return None
 
 
 def warm_up() -> None:
@@ -185,8 +225,17 @@ def _advice(f) -> str:
             f"`luigi --module pipeline BuildShards --dataset {dataset or '<dataset>'}`")
 
 
-def _corrupt(path, name: str | None, err: Exception, f=None) -> CorruptShard:
+def _corrupt(path, name: str | None, err: Exception, f=None) -> ShardError:
     path = os.fspath(path)
+    if name is not None and f is not None and (missing := _missing_filter(f, name)):
+        try:
+            dataset = json.loads(f.attrs["dataset"])
+        except Exception:
+            dataset = "<dataset>"
+        return MissingFilter(path, f"{path}: dataset {name.lstrip('/')} is compressed with {missing}, which this "
+                                   f"h5py cannot decode (hdf5plugin is not installed): `pip install hdf5plugin`, "
+                                   f"or train on a portable copy made where it is: `avstore export --dataset "
+                                   f"{dataset} --codec gzip --out DIR`, then `--store DIR`", dataset=name.lstrip("/"))
     if name is None:
         return CorruptShard(path, f"{path}: cannot be opened as HDF5 ({err}): the file is truncated or "
                                   f"corrupt; {_advice(f)}")
@@ -590,6 +639,23 @@ class Shard:
             raise KeyError(f"{self.path} has no time-continuous labels (/labels_t): name a continuous_labels "
                            f"file in the manifest (README 'Time-continuous labels') and rebuild")
         return {k: self._ragged("labels_t", k, clip) for k in ("time", "valence", "arousal")}
+
+    # -- per-unit segment labels (issue 18 item 7; present when ``has_unit_labels``) ----------------
+    @property
+    def has_unit_labels(self) -> bool:
+        """Whether the shard holds per-unit segment labels (``/unit_labels``)."""
+        return "unit_labels/offsets" in self._file()
+
+    def unit_labels(self, clip: int) -> dict[str, np.ndarray]:
+        """Clip ``clip``'s per-unit ``label``, ``audio_label``, ``visual_label``, ``sound_type``
+        (n_units,) str, "" where not annotated; one row per row of ``units(clip)``."""
+        if not self.has_unit_labels:
+            raise KeyError(f"{self.path} has no segment labels (/unit_labels): name a segment_labels file "
+                           f"in the manifest (README 'Segment labels') and rebuild")
+        f = self._file()
+        return {k: np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                             for v in self._ragged("unit_labels", k, clip)], dtype=object)
+                for k in ("label", "audio_label", "visual_label", "sound_type") if f"unit_labels/{k}" in f}
 
     def frame_grid(self) -> tuple[float, float]:
         """(frame_ms, hop_ms) of the clips' audio frames (the LogMel stage's, as built; 25, 10)."""

@@ -17,6 +17,8 @@ record names and datasets whose build records are missing (issue 19 item 4).
     avstore diff KEY_A KEY_B                       # the configuration difference of two feature sets
     avstore push --dataset demo [--build KEY] [--remote URL]
     avstore pull --dataset demo [--build KEY] [--remote URL]
+    avstore export --dataset demo [--build KEY] --codec gzip --out DIR [--exclude video/crop ...]
+                                                   # a copy any h5py reads, no hdf5plugin (pipeline.export)
 
 Records are JSON; nothing here (or in ``pipeline.remote``) is ever unpickled.
 """
@@ -133,7 +135,7 @@ def catalog(store: str, dataset: str | None = None) -> dict:
                          "windows": rec.get("windows"), "bytes": sum(f["bytes"] for f in files.values()),
                          "shards": [{"path": rel, **meta, "present": os.path.isfile(os.path.join(store, rel))}
                                     for rel, meta in sorted(files.items())],
-                         "error": rec.get("error")})
+                         "export": rec.get("export"), "error": rec.get("error")})
         sets.sort(key=lambda s: s.get("created") or "")
         out[ds] = {"feature_sets": sets,
                    "unrecorded_shards": [p for p in shard_files(store, ds) if p not in recorded]}
@@ -289,7 +291,9 @@ def format_catalog(cat: dict) -> str:
                 continue
             failed = sum(s["clips_failed"].values())
             lines.append(f"  {s['key']}  {s['created']}  {s['builder']}  {len(s['shards'])} shards "
-                         f"{_size(s['bytes'])}  {s['clips_ok']} clips ok, {failed} failed, {s['windows']} windows")
+                         f"{_size(s['bytes'])}  {s['clips_ok']} clips ok, {failed} failed, {s['windows']} windows"
+                         + (f"  (export: {ex['codec']}{''.join(', without ' + e for e in ex['excluded'])})"
+                            if (ex := s.get("export")) else ""))
             for k, v in s["clips_failed"].items():
                 lines.append(f"      failed {k}: {v}")
             for sh in s["shards"]:
@@ -326,8 +330,28 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dataset", required=True)
         p.add_argument("--build", help="one feature set key (default: all)")
         p.add_argument("--remote", help="URL: a folder, file://..., s3://bucket/prefix (default: [remote] url)")
+    p = sub.add_parser("export", help="a verified copy of a feature set with other HDF5 filters (gzip: any h5py "
+                                      "reads it without hdf5plugin), for a training host")
+    p.add_argument("--dataset")
+    p.add_argument("--build", help="feature set key or a unique prefix (default: the dataset's newest)")
+    p.add_argument("--codec", choices=("gzip", "lzf", "none", "blosc-zstd"), default="gzip")
+    p.add_argument("--out", required=True, help="the store folder to write the copy into")
+    p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="DATASET",
+                   help="datasets or groups to leave out, e.g. video/crop (keep only the 72 px crops)")
     args = parser.parse_args(argv)
     store = args.store or _config("paths", "store", "store")
+    if args.command == "export":
+        from pipeline.export import ExportError, export
+
+        try:
+            n = export(store, args.out, dataset=args.dataset, build=args.build, codec=args.codec, exclude=args.exclude)
+        except ExportError as err:
+            print(f"avstore export: {err}", file=sys.stderr)
+            return 1
+        print(f"export: {n['dataset']}/{n['key']}: {n['files']} shard(s), {_size(n['bytes_in'])} -> "
+              f"{_size(n['bytes_out'])} {args.codec} in {n['seconds']:.1f} s, verified; "
+              f"train with: python -m models.train --store {args.out} --dataset {n['dataset']} ...")
+        return 0
 
     if args.command == "catalog":
         cat = catalog(store, args.dataset)
