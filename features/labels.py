@@ -1,4 +1,5 @@
-"""Time-continuous valence/arousal (Lucas §3, RECOLA) mapped to windows and to time grids.
+"""Labels over time: time-continuous valence/arousal (Lucas §3, RECOLA) mapped to windows and to
+time grids, and the sound types of segments (Hsu & Wu §II).
 
 RECOLA annotates valence and arousal every 40 ms; a corpus may give any time step. A clip's
 series is ``time`` (n,) seconds, strictly increasing, n >= 2, and ``values`` (n,) or (n, d)
@@ -32,6 +33,9 @@ from __future__ import annotations
 import numpy as np
 
 from features.errors import ParameterError
+
+#: the sound types of Hsu & Wu §II (the ACLSTM's sound-type CNN targets), in their index order
+SOUND_TYPES = ("laugh", "breath", "shout", "silence", "verbal")
 
 
 def _series(time, values) -> tuple[np.ndarray, np.ndarray, bool]:

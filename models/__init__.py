@@ -2,7 +2,8 @@
 
 ``MODELS`` maps a model name to its module (imported lazily by :func:`load`); a module defines
 ``CONFIG`` (a dataclass with the paper's defaults), ``MODEL`` (the nn.Module), ``MODE``
-("window" or "clip") and ``FEATURES`` (the feature names it reads, ``models.data.FEATURES``).
+("window", "clip", or "segment": clip mode with a segment per prosodic unit, ACLSTM) and
+``FEATURES`` (the feature names it reads, ``models.data.FEATURES``).
 The module's ``forward(batch) -> dict`` returns ``logits`` (B, C) (or ``pred`` (B, k) for
 regression) and optionally ``attention`` {name: tensor} (plotted by ``models.plots``);
 ``loss(out, batch)`` gives the training loss. Optional hooks the trainer calls when present:

@@ -2,11 +2,30 @@
 
 Pipeline of §III (Fig. 1), one clip = a sequence of segments (prosodic units, §II / §III-A):
 
+* **A segment per prosodic unit, silences included** (issue 18 item 7). §III-A: "we need to
+  segment the raw audio signal into segments, each of which contains only one emotion ... The
+  segmentation points in the audio and visual data are used to divide the signal into segments",
+  with "silence detection" among the segmentation steps and "silence" among the sound types
+  (§II); so every unit of the segmentation, a silence too, is a segment that the models see. The
+  store's 655 ms windows lie over voiced frames only (AVEF), so a silence owns no window; the
+  model therefore reads its batches in ``MODE = "segment"`` (``models/data.py``): a unit without a
+  window gets windows computed on read from *its own* log-mel frames (the stored frames cover the
+  whole clip) and, for the visual input, the 16 face frames of its own time span (AVEF's rule).
+  We chose this over requiring ``--Segment-keep-silent``, which lays windows over every frame but
+  still gives a unit only the windows whose frames it holds the most of, so a short silence
+  (≥ 0.1 s) inside 655 ms windows usually still owns none, and it would also change the windows
+  of the voiced units.
+
 * **Audio features** (§III-B, Fig. 3, Table 2): two CNNs over the log-mel frames of a window,
   treating the 64 mel bands × (static, Δ, ΔΔ) as input channels and convolving over time:
   the *audio emotion CNN* (kernel 64 frames, 300 filters) and the *sound-type CNN* (kernel 32,
   700 filters), each followed by ReLU and a max over time. A segment's features are the mean over
-  its windows (the batch's ``unit`` index, :func:`models.layers.unit_assignment`).
+  its windows (the batch's ``unit`` index, :func:`models.layers.unit_assignment`). §III-B: "The
+  verbal segments are used to train a CNN model with emotions as the target outputs. Then, the
+  non-verbal segments and the appropriate verbal segments are used to train another CNN of the
+  sound type": in :meth:`ACLSTM.pretrain` the emotion CNN's loss runs over the *verbal* segments
+  only (``unit_kind`` = 1; every segment when the batch has no ``unit_kind``), the sound-type CNN's
+  over every segment with a known sound type.
 * **Visual features** (§III-B): "the VGG is trained to recognize the single facial image
   emotion" on "all image frames in the segment" (segment label as target), then "the hidden layer
   vector is obtained from each image frame; the average of each dimension between vectors is the
@@ -45,19 +64,28 @@ Decisions the paper leaves open (stated here so they can be changed in one place
   trained with binary cross-entropy against the 0/1 target) and 1/(1+s) in eq 5 stays in
   (0.5, 1]. The paper calls u_R "an activation function"; we read it as the output vector u_R of
   Socher's NTN, f = tanh.
-* Per-segment labels: BAUM-1 was re-annotated per segment and modality (§II); corpora in this
-  store have a clip label, so every segment gets the clip label (as §III-B does for the frames of
-  a segment) unless the batch carries ``"segment_label"`` (B, S). The NTN target uses
-  ``"segment_label_audio"``/``"segment_label_visual"`` when present, otherwise the agreement of
-  the pre-trained unimodal classifiers' predicted labels (the audio emotion CNN's and the visual
-  hidden layer's softmax heads).
+* Per-segment labels: BAUM-1 was re-annotated per segment and modality (§II): "each segment in
+  the BAUM-1 database needs to be re-labeled for each modality (Audio or Visual)". A corpus gives
+  them in the manifest's ``segment_labels`` file (``pipeline/manifest.py``; stored per unit in
+  ``/unit_labels``) and the batch then carries ``segment_label`` (audio-visual),
+  ``segment_label_audio``, ``segment_label_visual`` and ``sound_type`` (B, S), −1 where a
+  segment is not annotated. Each falls back, per segment, to the clip label when −1 or absent (as
+  §III-B gives the frames of a segment its label): the fusion model learns ``segment_label``, the
+  audio emotion CNN ``segment_label_audio``, the VGG's frames ``segment_label_visual``. The NTN
+  target is the agreement of the audio and visual labels where both are annotated, otherwise that
+  of the pre-trained unimodal classifiers' predicted labels (the audio emotion CNN's and the
+  visual hidden layer's softmax heads).
 * Clip label: §I motivates segments as a way "to improve the accuracy of the entire signal
   identification with segmented emotions" without a formula; we take the mean of the segment
   posteriors (soft vote) and return its log as ``logits``.
 * Eq 5 weights both the own and the counterpart cell state by 1/(1+s^{t-1}) while the text says
   the own cell is "completely passed in"; we implement the equation as printed.
-* The sound-type CNN has no labels here (laugh / breath / shout / silence / verbal, §II); it is
-  trained with the fusion model unless the batch has ``"sound_type"`` (B, S) for pre-training.
+* Sound types (laugh / breath / shout / silence / verbal, §II; ``features.labels.SOUND_TYPES``
+  order): from ``sound_type`` where annotated; otherwise (``sound_from_kind``) a silence unit is
+  "silence" and a verbal unit "verbal", as the segmentation itself decides (§II: "silence
+  detection, verbal/non-verbal segment detection"); a non-verbal unit without annotation has no
+  target (laugh, breath and shout need a person). The sound-type CNN is pre-trained and frozen
+  when any segment has a target, else trained with the fusion model.
 
 Table 3 baselines (``variant``): ``"feature"`` (feature-level fusion: [F_A; F_V] per segment →
 attention-based LSTM), ``"decision"`` (an attention-based LSTM per modality, posteriors averaged),
@@ -71,9 +99,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from features.labels import SOUND_TYPES
 from models.layers import fit, make_optimizer, masked_mean, masked_softmax, to_device, unit_assignment, unit_mean
 
 VARIANTS = ("feature", "decision", "coupled", "aclstm")
+SILENCE, VERBAL, NONVERBAL = 0, 1, 2  # unit kinds (features.prosody)
+SOUND_OF_KIND = {SILENCE: SOUND_TYPES.index("silence"), VERBAL: SOUND_TYPES.index("verbal")}
 VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
          512, 512, 512, 512, "M")  # Simonyan & Zisserman Table 1, config E
 VISUAL_FEATURES = ("crop_small", "vggface", "descriptor")
@@ -93,6 +124,7 @@ class ACLSTMConfig:
     sound_kernel: int = 32  # Table 2
     sound_filters: int = 700  # Table 2
     n_sound_types: int = 5  # laugh, breath, shout, silence, verbal (§II)
+    sound_from_kind: bool = True  # silence / verbal units are sound types "silence" / "verbal" (§II)
     visual_feature: str = "crop_small"  # "crop_small" (VGG-19 on the crops) | "vggface" | "descriptor"
     visual_dim: int | None = None  # per-frame embedding size (vggface/descriptor); None: EMBEDDING_DIMS
     visual_hidden: int = 4096  # VGG-19's fc6/fc7 width; fc7 = the "hidden layer vector" (§III-B)
@@ -378,10 +410,37 @@ class ACLSTM(nn.Module):
         return {"emotion": emo, "sound": snd, "visual": vis, "seg_mask": seg_mask, "frames": frames,
                 "assign": assign, "keep": keep}
 
-    def segment_targets(self, batch: dict, seg_mask: torch.Tensor) -> torch.Tensor:
-        if "segment_label" in batch:
-            return batch["segment_label"]
-        return batch["label"].unsqueeze(1).expand(seg_mask.shape)
+    def segment_targets(self, batch: dict, seg_mask: torch.Tensor, key: str = "segment_label") -> torch.Tensor:
+        """(B, S) class targets of the segments: ``batch[key]`` where annotated (>= 0), else the
+        clip label (§III-B gives a segment's frames its label; here a clip's segments its label)."""
+        clip = batch["label"].unsqueeze(1).expand(seg_mask.shape)
+        if key not in batch:
+            return clip
+        y = batch[key][:, :seg_mask.shape[1]].to(clip.device)
+        return torch.where(y >= 0, y, clip)
+
+    def segment_kinds(self, batch: dict, seg: dict) -> torch.Tensor | None:
+        """(B, S) the unit kind of each segment (0 silence, 1 verbal, 2 non-verbal; -1 padding), from
+        the batch's per-window ``unit_kind``; ``None`` when the batch has none."""
+        if "unit_kind" not in batch:
+            return None
+        first = (seg["assign"] > 0).float().argmax(-1)                     # a window of each segment
+        kind = torch.gather(batch["unit_kind"].long(), 1, first)
+        return torch.where(seg["seg_mask"], kind, torch.full_like(kind, -1))
+
+    def sound_targets(self, batch: dict, seg: dict) -> torch.Tensor:
+        """(B, S) sound-type targets (index in ``SOUND_TYPES``), -1 where unknown: the annotated
+        ``sound_type``, else (``sound_from_kind``) "silence" / "verbal" for silence / verbal units."""
+        m = seg["seg_mask"]
+        y = torch.full(m.shape, -1, dtype=torch.long, device=m.device)
+        kind = self.segment_kinds(batch, seg)
+        if kind is not None and self.config.sound_from_kind:
+            for k, t in SOUND_OF_KIND.items():
+                y = torch.where(kind == k, torch.full_like(y, t), y)
+        if "sound_type" in batch:
+            given = batch["sound_type"][:, :m.shape[1]].to(y.device).long()
+            y = torch.where(given >= 0, given, y)
+        return torch.where(m, y, torch.full_like(y, -1))
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict:
@@ -445,23 +504,46 @@ class ACLSTM(nn.Module):
         logits = self.visual_head(seg["frames"][real])           # (N, 16, C)
         return F.cross_entropy(logits.flatten(0, 1), y[real].repeat_interleave(logits.shape[1]))
 
+    def audio_loss(self, batch: dict, seg: dict) -> torch.Tensor:
+        """§III-B: "The verbal segments are used to train a CNN model with emotions as the target
+        outputs": cross-entropy of the emotion CNN's head on the verbal segments (every segment
+        when the batch has no ``unit_kind``) against ``segment_label_audio`` (else the clip label)."""
+        m = seg["seg_mask"]
+        kind = self.segment_kinds(batch, seg)
+        use = m if kind is None else m & (kind == VERBAL)
+        if not bool(use.any()):
+            return seg["emotion"].sum() * 0.0
+        target = self.segment_targets(batch, m, "segment_label_audio")
+        return F.cross_entropy(self.audio_head(seg["emotion"])[use], target[use])
+
+    def sound_loss(self, batch: dict, seg: dict) -> torch.Tensor | None:
+        """§III-B: the sound-type CNN on every segment with a known sound type (``sound_targets``);
+        ``None`` when there is none."""
+        y = self.sound_targets(batch, seg)
+        use = y >= 0
+        if not bool(use.any()):
+            return None
+        return F.cross_entropy(self.sound_head(seg["sound"])[use], y[use])
+
     def _unimodal_loss(self, batch):
         seg = self.segment_features(batch)
-        m = seg["seg_mask"]
-        target = self.segment_targets(batch, m)
-        y = target[m]
-        loss = F.cross_entropy(self.audio_head(seg["emotion"])[m], y) + self.frame_loss(seg, target)
-        if "sound_type" in batch:
-            loss = loss + F.cross_entropy(self.sound_head(seg["sound"])[m], batch["sound_type"][m])
-        return loss
+        visual = self.segment_targets(batch, seg["seg_mask"], "segment_label_visual")
+        loss = self.audio_loss(batch, seg) + self.frame_loss(seg, visual)
+        sound = self.sound_loss(batch, seg)
+        return loss if sound is None else loss + sound
 
     def ntn_target(self, batch: dict, seg: dict) -> torch.Tensor:
-        """1 where the audio and visual segment labels agree, else 0 (§III-C)."""
-        if "segment_label_audio" in batch and "segment_label_visual" in batch:
-            return (batch["segment_label_audio"] == batch["segment_label_visual"]).float()
+        """1 where the audio and visual segment labels agree, else 0 (§III-C): the annotated labels
+        where a segment has both, else the unimodal classifiers' predicted labels."""
         ya = self.audio_head(seg["emotion"]).argmax(-1)
         yv = self.visual_head(seg["visual"]).argmax(-1)
-        return (ya == yv).float()
+        predicted = (ya == yv).float()
+        if "segment_label_audio" in batch and "segment_label_visual" in batch:
+            S = predicted.shape[1]
+            la, lv = batch["segment_label_audio"][:, :S], batch["segment_label_visual"][:, :S]
+            known = (la >= 0) & (lv >= 0)
+            return torch.where(known, (la == lv).float(), predicted)
+        return predicted
 
     def _ntn_loss(self, batch):
         with torch.no_grad():
@@ -471,8 +553,9 @@ class ACLSTM(nn.Module):
         return F.binary_cross_entropy_with_logits(self.ntn.logit(seg["emotion"], seg["visual"])[m], target[m])
 
     def pretrain(self, loader, device) -> dict:
-        """Train the feature extractors on segment emotion targets (§III-B), then the NTN on the
-        agreement target (§III-C), then freeze both; the trainer then trains the fusion LSTM."""
+        """Train the feature extractors (§III-B: the emotion CNN on the verbal segments, the
+        sound-type CNN on the segments with a sound type, the VGG on every frame), then the NTN on
+        the agreement target (§III-C), then freeze them; the trainer then trains the fusion LSTM."""
         c = self.config
         self.train()
         extractors = [self.emotion_cnn, self.audio_head, self.visual_hidden, self.visual_head]
@@ -481,8 +564,9 @@ class ACLSTM(nn.Module):
         before = [p.detach().clone() for p in self.sound_cnn.parameters()]
         groups = self.param_groups(extractors + [self.sound_cnn, self.sound_head], c.pretrain_lr)
         hist = {"unimodal": fit_groups(groups, self._unimodal_loss, loader, device, epochs=c.pretrain_epochs)}
-        # the sound-type CNN learns here from ``sound_type`` labels when the batches carry them, and
-        # is then frozen with the other extractors; without them it is trained with the fusion model
+        # the sound-type CNN learns here when segments have a sound-type target (``sound_targets``:
+        # annotated, or silence / verbal units), and is then frozen with the other extractors;
+        # without any it is trained with the fusion model
         if any(not torch.equal(a, p) for a, p in zip(before, self.sound_cnn.parameters())):
             extractors.append(self.sound_cnn)
         for mod in extractors:
@@ -499,7 +583,7 @@ def features(cfg: ACLSTMConfig) -> tuple[str, ...]:
 
 CONFIG = ACLSTMConfig
 MODEL = ACLSTM
-MODE = "clip"
+MODE = "segment"  # clip mode with a segment for every prosodic unit, silences included (§III-A)
 FEATURES = ("logmel", "crop_small")
 # axis names of the attention maps the trainer plots (models.plots.attention_png)
 ATTENTION = {"segment": dict(xlabel="segment (aclstm: NTN consistency score s, eq 1; feature: α)"),

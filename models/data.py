@@ -18,6 +18,23 @@ Two modes; batch keys (torch conventions: channels first, float32):
   ``target_mask`` (B, T), True on real windows that have a target (a window outside the labelled
   time has none; padded targets are 0). A clip without clip-level ``valence``/``arousal`` columns
   then takes the mean of its windows' targets as its clip value.
+  Each window also carries ``unit_kind`` (B, T) long, the kind of its unit (0 silence, 1 verbal,
+  2 non-verbal, ``features.prosody``; -1 on padding). With per-unit segment labels in the shards
+  (``/unit_labels``, issue 18 item 7, manifest ``segment_labels``) also, per *segment* (the
+  clip's units that own a window, in unit order: the order of ``models.layers.unit_assignment``),
+  ``segment_label``, ``segment_label_audio``, ``segment_label_visual`` (B, S) long (class index
+  of the audio-visual / audio-only / visual-only label through ``label_map``) and ``sound_type``
+  (B, S) long (index in ``features.labels.SOUND_TYPES``); -1 where not annotated and on padding.
+- ``"segment"``: clip mode in which *every* prosodic unit is a segment (Hsu & Wu §III-A, silences
+  included): a unit that owns no window (windows lie over voiced frames only, so every silence,
+  and a unit shorter than a window) gets windows computed on read from its own frames:
+  ``unit_windows`` (the log-mel rows of the frames whose centre lies in the unit, 64 at a time at
+  AVEF's hop of 34, the last one ending at the unit's last frame; a unit of fewer than 64 frames
+  has them repeated cyclically to 64), and, for the visual features, the ``frames_per_window``
+  (16) video frames of the unit's time with a face (``features.align.align_windows``, AVEF's
+  rule), ``video_ok`` False when it has none. These windows are placed among the clip's others in
+  unit order. Only per-window features ``logmel``, ``crop``, ``crop_small``, ``pca``,
+  ``descriptor``, ``vggface`` (no ``vggish_window``) and clip-level ones are read in this mode.
 
 Masks are honoured: clips whose ``status`` is not ``ok`` are never items; a window whose video is
 unusable (``windows/video_ok`` = 0, or a NaN PCA row) gets ``video_ok`` False, its visual features
@@ -56,6 +73,26 @@ FEATURES = {
     "waveform": ("clip", "audio/waveform", f"{_EMB} (waveform)"),
 }
 VISUAL = ("crop", "crop_small", "pca", "descriptor", "vggface")
+MODES = ("window", "clip", "segment")
+#: per-segment batch keys (clip / segment mode, from /unit_labels): (B, S) long, -1 = none
+SEGMENT_KEYS = {"segment_label": "label", "segment_label_audio": "audio_label",
+                "segment_label_visual": "visual_label", "sound_type": "sound_type"}
+SEGMENT_FEATURES = ("logmel", "crop", "crop_small", "pca", "descriptor", "vggface")
+WINDOW_FRAMES, WINDOW_HOP = 64, 34  # AVEF §2.1.1 (features.segments)
+
+
+def unit_windows(n: int, *, window: int = WINDOW_FRAMES, hop: int = WINDOW_HOP) -> np.ndarray:
+    """Frame positions (0..n-1) of the windows of a unit of ``n`` frames that owns no window
+    (segment mode): windows of ``window`` frames every ``hop``, the last one ending at frame n-1;
+    with n < ``window`` one window of the n frames repeated cyclically. (k, window) int64."""
+    if n <= 0:
+        return np.zeros((0, window), np.int64)
+    if n < window:
+        return np.resize(np.arange(n), window)[None]
+    starts = list(range(0, n - window + 1, hop))
+    if starts[-1] != n - window:
+        starts.append(n - window)
+    return np.asarray(starts)[:, None] + np.arange(window)[None]
 
 
 class ShardRefused(ShardError):
@@ -356,7 +393,8 @@ class ShardDataset:
         ``ok`` or have no window are skipped.
     features : feature names (``FEATURES``); a name missing from the shards raises a
         ``ParameterError`` naming it and how to enable it.
-    mode : "window" or "clip"
+    mode : "window", "clip" or "segment" (clip mode with a segment for every prosodic unit; see
+        the module docstring)
     label_map : {label name: class index}; clips whose label is not in it are skipped.
         Default: the manifest's ``label_set`` order. A corpus with the label set ``[continuous]``
         gives ``label`` -1 and the ``valence``/``arousal`` values.
@@ -369,8 +407,13 @@ class ShardDataset:
 
     def __init__(self, table: ClipTable, rows, *, features, mode: str = "window", label_map=None,
                  norm=None, pca_basis=None, drop_no_video=None):
-        if mode not in ("window", "clip"):
-            raise ParameterError(f"mode must be 'window' or 'clip', got {mode!r}")
+        if mode not in MODES:
+            raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "segment":
+            odd = [f for f in features if FEATURES.get(f, ("clip",))[0] == "window" and f not in SEGMENT_FEATURES]
+            if odd:
+                raise ParameterError(f"mode 'segment' computes windows for units without one from the log-mel "
+                                     f"frames and the video only; it cannot give {odd}")
         self.table, self.mode, self.features = table, mode, tuple(features)
         self.shards = [Shard(p) for p in table.paths]
         for name in self.features:
@@ -408,7 +451,7 @@ class ShardDataset:
     # -- index -------------------------------------------------------------------------------
     def _index(self) -> list:
         t = self.table
-        if self.mode == "clip":
+        if self.mode != "window":
             return list(self.clips)
         items = []
         for r in self.clips:
@@ -536,9 +579,100 @@ class ShardDataset:
         if t.continuous_t:   # per-window targets of the time-continuous labels (issue 18 item 3)
             targets = s.window_labels(idx).astype(np.float32)
             d["valence_t"], d["arousal_t"] = targets[:, 0], targets[:, 1]
-        d.update(self._clip_level(s, int(t.index[r])))
+        c = int(t.index[r])
+        units = s.units(c)
+        if self.mode == "segment":   # a segment for every unit (issue 18 item 7): windows for the others
+            d = self._unit_windows(s, c, units, d)
+        kinds = np.asarray(units["kind"], np.int64)
+        d["unit_kind"] = kinds[d["unit"]] if len(kinds) else np.full(len(d["unit"]), -1, np.int64)
+        if s.has_unit_labels:   # per-segment labels: the clip's units that own a window, in unit order
+            present = np.unique(d["unit"])
+            labels = s.unit_labels(c)
+            for key, column in SEGMENT_KEYS.items():
+                if column not in labels:
+                    continue
+                names = labels[column][present]
+                if column == "sound_type":
+                    from features.labels import SOUND_TYPES
+                    lookup = {n: i for i, n in enumerate(SOUND_TYPES)}
+                else:
+                    lookup = self.label_map
+                d[key] = np.array([lookup.get(n, -1) for n in names], np.int64)
+        d.update(self._clip_level(s, c))
         d.update(self._targets(r))
         return d
+
+    def _unit_windows(self, s: Shard, c: int, units: dict, d: dict) -> dict:
+        """Segment mode: add windows computed on read for the units of clip ``c`` that own none
+        (module docstring), then order all windows by unit (stable: time order)."""
+        from features.align import align_windows
+        from features.audio import window_image
+
+        n_units = len(units["kind"])
+        missing = np.setdiff1d(np.arange(n_units), d["unit"])
+        if not len(missing):
+            return d
+        frame_ms, hop_ms = s.frame_grid()
+        logmel = s.logmel(c)
+        centre = (np.arange(len(logmel)) * hop_ms + frame_ms / 2.0) / 1000.0
+        config = s.attrs.get("config") or {}
+        n_video = int((config.get("align") or {}).get("frames_per_window", 16))
+        visual = [f for f in self.features if f in VISUAL]
+        video = None
+        if visual and str(s.clips.get("video_status", ["ok"] * (c + 1))[c]) == "ok":
+            video = (np.asarray(s.video(c, "time"), np.float64), np.asarray(s.video(c, "found"), bool))
+        new = {k: [] for k in d if k not in ("unit",)}
+        new_units = []
+        for u in missing:
+            own = np.flatnonzero((centre >= units["t_begin"][u]) & (centre < units["t_end"][u]))
+            if not len(own):   # shorter than a hop: the frame nearest its middle
+                mid = 0.5 * (units["t_begin"][u] + units["t_end"][u])
+                own = np.array([int(np.clip(np.argmin(np.abs(centre - mid)), 0, len(logmel) - 1))])
+            for pos in unit_windows(len(own)):
+                frames = own[pos]
+                item = {}
+                if "logmel" in self.features:
+                    item["logmel"] = np.ascontiguousarray(window_image(np.asarray(logmel[frames])).transpose(2, 0, 1))
+                span = [[frames.min() * hop_ms / 1000.0, (frames.max() * hop_ms + frame_ms) / 1000.0]]
+                rows, ok = np.full(n_video, -1), False
+                if video is not None:
+                    picked, oks, _ = align_windows(*video, spans=[np.asarray(span)], n=n_video)
+                    rows, ok = picked[0], bool(oks[0])
+                for name in visual:
+                    item[name] = self._video_rows(s, c, name, rows if ok else None, n_video)
+                for name in self.features:
+                    if name in item and name in self.norm:
+                        mean, std = self.norm[name]
+                        item[name] = (item[name] - mean) / std
+                    if name in VISUAL and not ok:
+                        item[name] = np.zeros_like(item[name])
+                item["video_ok"] = ok
+                for k in new:
+                    new[k].append(item[k] if k in item else np.float32(np.nan))   # valence_t / arousal_t: none
+                new_units.append(u)
+        out = {k: np.concatenate([d[k], np.stack(new[k]).astype(d[k].dtype)]) for k in new}
+        out["unit"] = np.concatenate([d["unit"], np.asarray(new_units, np.int64)])
+        order = np.argsort(out["unit"], kind="stable")
+        return {k: v[order] for k, v in out.items()}
+
+    def _video_rows(self, s: Shard, c: int, name: str, rows, n: int) -> np.ndarray:
+        """The visual feature ``name`` of the clip's video frames ``rows`` (n,) (zeros when ``None``),
+        as ``_window`` gives it for a window: crops (3, n, H, W) in [0, 1], else (n, D)."""
+        key = "pca" if name == "pca" and self.pca_basis is None else ("shape49" if name == "pca" else name)
+        if rows is None:   # no usable frame: zeros of the feature's shape
+            ds = s._dataset(f"video/{key}")
+            x = np.zeros((n, *ds.shape[1:]), ds.dtype)
+        else:
+            uniq, inv = np.unique(np.asarray(rows, np.int64), return_inverse=True)
+            x = np.asarray(s.video(c, key, rows=uniq))[inv]
+        if name == "pca" and self.pca_basis is not None:
+            from features.landmarks import pca_whiten
+
+            x = pca_whiten(x, **{k: self.pca_basis[k] for k in ("mean", "components", "explained_variance")})
+        if name in ("crop", "crop_small"):
+            return x.transpose(3, 0, 1, 2).astype(np.float32) / 255.0
+        x = np.asarray(x, np.float32)
+        return np.where(np.isfinite(x), x, 0).astype(np.float32)
 
     def _targets(self, r: int) -> dict:
         d = {"label": self._label(r), "clip": int(r)}
@@ -581,6 +715,10 @@ def collate(items: list[dict]) -> dict:
                 batch["waveform_length"] = torch.as_tensor([len(v) for v in values])
         elif key in ("glove", "glove_oov"):
             batch[key] = torch.from_numpy(np.stack(values))
+        elif key in SEGMENT_KEYS:   # per segment (B, S), -1 on padding
+            x, m = _pad(values)
+            x[~m] = -1
+            batch[key] = torch.from_numpy(x)
         elif key in ("valence_t", "arousal_t"):   # NaN (no target) and padding: 0, out of target_mask
             x, m = _pad(values)
             ok = m & np.isfinite(x)
@@ -588,7 +726,7 @@ def collate(items: list[dict]) -> dict:
             batch["target_mask"] = torch.from_numpy(ok & batch["target_mask"].numpy() if "target_mask" in batch else ok)
         elif clip_mode:  # per-window features, unit, video_ok: pad the time axis
             x, m = _pad(values)
-            if key == "unit":
+            if key in ("unit", "unit_kind"):
                 x[~m] = -1
             batch[key] = torch.from_numpy(x)
             batch["mask"] = torch.from_numpy(m)
@@ -629,7 +767,7 @@ def fit_norm(dataset: ShardDataset, *, features=("logmel", "pca", "vggish_window
     for name in dataset.features:
         if name not in features or name not in items[0]:
             continue
-        if dataset.mode == "clip" and FEATURES[name][0] == "window":
+        if dataset.mode != "window" and FEATURES[name][0] == "window":
             x = np.concatenate([it[name][it["video_ok"]] if name in VISUAL else it[name] for it in items])
         elif name in VISUAL:
             x = np.stack([it[name] for it in items if it["video_ok"]] or [items[0][name]])

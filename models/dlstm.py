@@ -14,7 +14,24 @@
 * **Early fusion** (§3.2): a third DLSTM (hidden 128) on the per-step concatenation of the audio
   and video features, fused with the other two.
 * Training (§3): MSE, Adam with learning rate 0.01 (``optimizer``, ``lr``); the trainer computes
-  the CCC.
+  the CCC. "The DLSTM architecture ... is optimized using truncated backpropagation through time"
+  (§3): the recurrences of every DLSTM carry their state across the whole sequence in the forward
+  pass, but the gradient is cut every ``tbptt`` steps (windows): the hidden and cell states are
+  detached at steps k·tbptt (``DLSTMNet``, ``AttentiveDLSTM``). The length is not given (Zhao et
+  al. and Haifeng et al. [12, 3] are cited for the method); the default ``tbptt`` = 30 windows
+  (≈ 10 s of voiced speech at the 34-frame hop) is a documented choice: BAUM-1 / eNTERFACE clips
+  (a few seconds, ≤ 30 windows) get full backpropagation, RECOLA's 5 min sequences are cut into
+  ~30 pieces. ``tbptt`` = 0 backpropagates through the whole sequence.
+* **Pre-trained, frozen unimodal DLSTMs** (§3.1, fusion comparison): "two DLSTM networks are
+  pre-trained separately on audio and video, and subsequently frozen before training the fusion
+  mechanisms". With ``pretrain_unimodal`` the trainer's ``pretrain`` hook trains the audio DLSTM
+  and the video DLSTM (with its embedding attention and, for crops, ``video_cnn``) each on its own
+  outputs against the targets (the loss of :meth:`DLSTM.loss` on ``y_a`` / ``y_v``) for
+  ``pretrain_epochs`` epochs, then freezes them; the trainer then trains the fusion (W_m, or the
+  OLB / HLB weights) and, when ``early_fusion`` is on, the early-fusion DLSTM (§3.2; set
+  ``early_fusion=False`` for the two-network comparison of §3.1 / Table 1). The bypass of the
+  embedding attention (§3.1) counts the pre-training epochs, and the frozen video DLSTM keeps the
+  input mode it ended its pre-training with. Off by default (§3.2's end-to-end model).
 
 **The 13 embeddings.** In Lucas §3 the video embeddings are "activations from the last
 convolutional layer of the VGGFace network" for every video frame (RECOLA, 25 fps), and the
@@ -91,22 +108,42 @@ class DLSTMConfig:
     lr: float = 0.01  # §3
     batch_size: int = 16  # sequences; Lucas et al. give none (a documented choice)
     weight_decay: float = 0.0
+    tbptt: int = 30  # truncated BPTT length in windows (§3; length not given: a choice); 0 = full BPTT
+    pretrain_unimodal: bool = False  # §3.1: pre-train audio / video DLSTMs separately, freeze, then fuse
+    pretrain_epochs: int = 10  # epochs of that pre-training (not given; --net-epochs sets it)
 
     @property
     def n_outputs(self) -> int:
         return 2 if self.task == "regression" else self.n_classes
 
 
-class DLSTMNet(nn.Module):
-    """Two LSTM layers (dropout between) + linear (Lucas §2.2): (B,T,D) → y (B,T,o), h (B,T,c)."""
+def detach_state(state):
+    """A recurrent state (a tensor or nested tuples of them) cut from the graph (truncated BPTT)."""
+    if torch.is_tensor(state):
+        return state.detach()
+    return tuple(detach_state(s) for s in state)
 
-    def __init__(self, d_in: int, hidden: int, n_out: int, dropout: float):
+
+class DLSTMNet(nn.Module):
+    """Two LSTM layers (dropout between) + linear (Lucas §2.2): (B,T,D) → y (B,T,o), h (B,T,c).
+
+    ``tbptt`` > 0: the sequence runs in pieces of ``tbptt`` steps, the state carried from one to
+    the next detached (truncated backpropagation through time, Lucas §3); the forward values are
+    those of one pass over the whole sequence."""
+
+    def __init__(self, d_in: int, hidden: int, n_out: int, dropout: float, tbptt: int = 0):
         super().__init__()
         self.lstm = nn.LSTM(d_in, hidden, num_layers=2, dropout=dropout, batch_first=True)
         self.linear = nn.Linear(hidden, n_out)
+        self.tbptt = tbptt
 
     def forward(self, x):
-        h, _ = self.lstm(x)
+        k = self.tbptt if self.tbptt and self.tbptt > 0 else x.shape[1]
+        hs, state = [], None
+        for t0 in range(0, x.shape[1], max(k, 1)):
+            h, state = self.lstm(x[:, t0:t0 + k], None if state is None else detach_state(state))
+            hs.append(h)
+        h = torch.cat(hs, 1) if len(hs) != 1 else hs[0]
         return self.linear(h), h
 
 
@@ -116,12 +153,14 @@ class AttentiveDLSTM(nn.Module):
 
     ``forward(windows, bypass)``: ``windows`` (B, T, n, D) the n embeddings around each step;
     with ``bypass`` the input is the centre embedding V_t. Returns y (B,T,o), h (B,T,c) and the
-    attention (B, T, n) (one-hot on the centre when bypassed).
+    attention (B, T, n) (one-hot on the centre when bypassed). ``tbptt`` > 0 detaches both
+    layers' states every ``tbptt`` steps (truncated BPTT, Lucas §3).
     """
 
-    def __init__(self, d_in: int, hidden: int, n_out: int, dropout: float):
+    def __init__(self, d_in: int, hidden: int, n_out: int, dropout: float, tbptt: int = 0):
         super().__init__()
         self.hidden = hidden
+        self.tbptt = tbptt
         self.cell1 = nn.LSTMCell(d_in, hidden)
         self.cell2 = nn.LSTMCell(hidden, hidden)
         self.drop = nn.Dropout(dropout)
@@ -134,6 +173,8 @@ class AttentiveDLSTM(nn.Module):
         s1, s2 = (z, z), (z, z)
         hs, atts = [], []
         for t in range(T):
+            if self.tbptt and t and t % self.tbptt == 0:   # truncated BPTT (Lucas §3)
+                s1, s2 = detach_state(s1), detach_state(s2)
             V = windows[:, t]
             if bypass:
                 a = F.one_hot(torch.full((B,), n // 2, device=V.device), n).to(V.dtype)
@@ -176,12 +217,14 @@ class DLSTM(nn.Module):
                 raise ValueError(f"DLSTMConfig.video_dim={c.video_dim}: the video CNN gives {vgg_width(c.video_cnn)} "
                                  f"values per frame (its last width); leave video_dim unset")
             self.cnn = nn.Sequential(vgg_stack(c.video_cnn), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        if c.tbptt < 0:
+            raise ValueError(f"DLSTMConfig.tbptt={c.tbptt}: a length in windows >= 1, or 0 for full BPTT")
         d_v = self.video_dim
-        self.audio = DLSTMNet(c.audio_dim, c.audio_hidden, o, c.dropout)
-        self.video = AttentiveDLSTM(d_v, c.video_hidden, o, c.dropout)
+        self.audio = DLSTMNet(c.audio_dim, c.audio_hidden, o, c.dropout, c.tbptt)
+        self.video = AttentiveDLSTM(d_v, c.video_hidden, o, c.dropout, c.tbptt)
         hiddens = [c.audio_hidden, c.video_hidden]
         if c.early_fusion:
-            self.early = DLSTMNet(c.audio_dim + d_v, c.early_hidden, o, c.dropout)
+            self.early = DLSTMNet(c.audio_dim + d_v, c.early_hidden, o, c.dropout, c.tbptt)
             hiddens.append(c.early_hidden)
         n, cn = len(hiddens), sum(hiddens)
         if c.fusion == "attention":
@@ -191,6 +234,8 @@ class DLSTM(nn.Module):
         else:
             self.W = nn.Linear(cn, o, bias=False)  # eq 7
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        # -1: not pre-trained; else the bypass state (0/1) the frozen video DLSTM was pre-trained into
+        self.register_buffer("frozen_bypass", torch.full((), -1, dtype=torch.long))
 
     @property
     def video_dim(self) -> int:
@@ -209,10 +254,11 @@ class DLSTM(nn.Module):
         parameters form a second group at ``video_cnn_lr``."""
         c = self.config
         cnn = {id(p) for p in self.cnn.parameters()} if self.cnn is not None else set()
-        opt = make_optimizer([p for p in self.parameters() if id(p) not in cnn], name=c.optimizer, lr=c.lr,
-                             weight_decay=c.weight_decay)
-        if cnn:
-            opt.add_param_group({"params": [p for p in self.cnn.parameters() if p.requires_grad], "lr": c.video_cnn_lr})
+        opt = make_optimizer([p for p in self.parameters() if id(p) not in cnn and p.requires_grad],
+                             name=c.optimizer, lr=c.lr, weight_decay=c.weight_decay)
+        trainable = [p for p in self.cnn.parameters() if p.requires_grad] if cnn else []
+        if trainable:   # (frozen after pretrain_unimodal)
+            opt.add_param_group({"params": trainable, "lr": c.video_cnn_lr})
         return opt
 
     def embeddings(self, batch: dict) -> torch.Tensor:
@@ -237,6 +283,8 @@ class DLSTM(nn.Module):
     def bypass(self) -> bool:
         """Embedding attention is bypassed for the first ``bypass_epochs`` epochs (§3.1)."""
         c = self.config
+        if int(self.frozen_bypass) >= 0:   # pre-trained and frozen: the input mode it learned (§3.1)
+            return bool(int(self.frozen_bypass))
         return (not c.embedding_attention) or int(self.epoch) < c.bypass_epochs
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -270,18 +318,72 @@ class DLSTM(nn.Module):
                 "unimodal": {"audio": masked_mean(y_a, mask), "video": masked_mean(y_v, mask)}}
 
     def loss(self, out: dict, batch: dict) -> torch.Tensor:
+        return self.target_loss(out["steps"], batch)
+
+    def target_loss(self, steps: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The training loss of per-step outputs ``steps`` (B, T, o): cross-entropy of their clip
+        mean (classification), the MSE per step against ``valence_t``/``arousal_t`` when the batch
+        has them, else the MSE of their clip mean against the clip's (valence, arousal)."""
+        mask = batch["mask"].to(torch.bool)
         if self.config.task == "classification":
-            return F.cross_entropy(out["logits"], batch["label"])
+            return F.cross_entropy(masked_mean(steps, mask), batch["label"])
         if "valence" not in batch or "arousal" not in batch:
             raise KeyError("DLSTM regression needs 'valence' and 'arousal' in the batch: the corpus's "
                            "labels CSV must have valence,arousal columns (or use task='classification')")
         if "valence_t" in batch:   # time-continuous labels (issue 18 item 3): MSE per step (window), masked
-            steps = out["steps"].float()
+            steps = steps.float()
             target = torch.stack([batch["valence_t"], batch["arousal_t"]], -1).to(steps.dtype)
             m = batch["target_mask"].to(torch.bool)
             return F.mse_loss(steps[m], target[m]) if bool(m.any()) else (steps * 0).sum()
-        target = torch.stack([batch["valence"], batch["arousal"]], -1).to(out["pred"].dtype)
-        return F.mse_loss(out["pred"], target)
+        pred = masked_mean(steps, mask)
+        target = torch.stack([batch["valence"], batch["arousal"]], -1).to(pred.dtype)
+        return F.mse_loss(pred, target)
+
+    # --- §3.1: unimodal DLSTMs pre-trained separately, then frozen -----------------------------
+    @property
+    def pretrain(self):
+        """The trainer's pre-training hook when ``pretrain_unimodal`` is on (else ``None``, so the
+        trainer skips it): :meth:`pretrain_unimodal`."""
+        return self.pretrain_unimodal if self.config.pretrain_unimodal else None
+
+    def _audio_loss(self, batch: dict) -> torch.Tensor:
+        y_a, _ = self.audio(batch[self.config.audio_feature])
+        return self.target_loss(y_a, batch)
+
+    def _video_loss(self, batch: dict) -> torch.Tensor:
+        y_v, _, _ = self.video(self.embeddings(batch), self.bypass)
+        return self.target_loss(y_v, batch)
+
+    def pretrain_unimodal(self, loader, device) -> dict:
+        """Lucas §3.1: train the audio DLSTM and the video DLSTM (embedding attention and, on
+        crops, ``video_cnn`` included) separately, each on its own outputs against the targets,
+        for ``pretrain_epochs`` epochs (Adam at ``lr``; the video CNN at ``video_cnn_lr``), then
+        freeze them; the trainer then trains the fusion. The embedding attention is bypassed for
+        the first ``bypass_epochs`` pre-training epochs (§3.1)."""
+        from models.layers import fit
+
+        c = self.config
+        self.train()
+        hist = {"audio": fit(self.audio.parameters(), self._audio_loss, loader, device,
+                             epochs=c.pretrain_epochs, lr=c.lr)}
+        groups = [{"params": list(self.video.parameters()), "lr": c.lr}]
+        if self.cnn is not None:
+            groups.append({"params": list(self.cnn.parameters()), "lr": c.video_cnn_lr})
+        per_epoch, calls = max(len(loader), 1), [0]
+
+        def video_loss(batch):   # the bypass follows the pre-training epoch (§3.1)
+            self.on_epoch_start(calls[0] // per_epoch)
+            calls[0] += 1
+            return self._video_loss(batch)
+
+        hist["video"] = fit(groups, video_loss, loader, device, epochs=c.pretrain_epochs, lr=c.lr)
+        self.frozen_bypass.fill_(int(self.bypass))
+        self.on_epoch_start(0)
+        for mod in (self.audio, self.video, self.cnn):
+            if mod is not None:
+                mod.requires_grad_(False)
+        self.zero_grad(set_to_none=True)
+        return hist
 
 
 def features(cfg: DLSTMConfig) -> tuple[str, ...]:

@@ -14,6 +14,19 @@ clip in increasing time, at least two per clip; every ``clip_id`` must be a clip
 (a clip with no row has no series). ``Dataset.continuous_series`` reads it (cached by mtime);
 ``features.labels`` says how a series becomes each window's target.
 
+Optional ``segment_labels`` (issue 18 item 7, Hsu & Wu §II: "each segment in the BAUM-1 database
+needs to be re-labeled for each modality (Audio or Visual)", and the sound types "laugh, breath,
+shout, silence and verbal"): a CSV under the root with the columns ``clip_id,t_begin,t_end`` and at
+least one of ``label`` (the audio-visual label of the segment), ``audio_label`` (audio only),
+``visual_label`` (visual only), ``sound_type``; one row per annotated segment, ``t_begin`` <
+``t_end`` in seconds from the start of the clip, a clip's rows in increasing time and not
+overlapping. Labels are names of the ``label_set``, sound types one of ``SOUND_TYPES``; an empty
+cell means "not annotated". Segments are given by time, not by unit index: an index would silently
+point at another unit after a rebuild with other Prosody parameters, while times keep their
+meaning (annotators mark times; a list of the store's units to annotate comes from ``/units``).
+Each prosodic unit of the shard takes the row that overlaps it most, when that overlap covers at
+least half the unit (``unit_rows``); other units have no segment label (``""``).
+
 Both files come from people, so they are bounded (DESIGN "Trust", issue 19 items 8 and 10): the
 manifest's size, nesting and alias expansion, the labels CSV's size and fields; every error is one
 ``ManifestError`` line naming the file, the line and the field, quoting values cut by ``shown``.
@@ -34,6 +47,8 @@ import reprlib
 import numpy as np
 import yaml
 
+from features.labels import SOUND_TYPES
+
 PROTOCOLS = ("loso", "logso", "kfold", "fixed")
 REQUIRED_COLUMNS = ("clip_id", "label", "speaker")
 OPTIONAL_COLUMNS = ("transcript", "valence", "arousal", "partition")
@@ -46,6 +61,9 @@ MAX_YAML_DEPTH = 20  # nesting levels (a manifest needs 5)
 MAX_SHOWN = 200  # characters of a value quoted in an error
 MAX_PATH = 4096  # characters of the root, clips and labels fields (PATH_MAX)
 CONTINUOUS_COLUMNS = ("clip_id", "time", "valence", "arousal")
+SEGMENT_COLUMNS = ("clip_id", "t_begin", "t_end")
+SEGMENT_LABEL_COLUMNS = ("label", "audio_label", "visual_label", "sound_type")
+#: Hsu & Wu §II, in this order (the sound-type CNN's classes, ``models.aclstm``)
 
 
 class ManifestError(ValueError):
@@ -152,6 +170,7 @@ class Dataset:
     manifest: str
     video_fps: float | None = None  # frame rate to use instead of the video stream's own
     continuous_labels: str | None = None  # CSV clip_id,time,valence,arousal under the root (issue 18 item 3)
+    segment_labels: str | None = None  # CSV clip_id,t_begin,t_end,label,... under the root (issue 18 item 7)
 
     @property
     def root_dir(self) -> str:
@@ -180,6 +199,32 @@ class Dataset:
             raise ManifestError(f"{self.manifest}: dataset {self.name!r}: field 'continuous_labels': "
                                 f"no such file {path}")
         return _continuous_cached(self, os.stat(path).st_mtime_ns, root, tuple(c.id for c in self.list_clips()))
+
+    def segment_rows(self) -> dict[str, tuple] | None:
+        """``{clip id: (spans (n, 2) float64 s, {column: (n,) str})}`` from the ``segment_labels``
+        file (the label columns it has), validated (one ``ManifestError`` naming the file, the line
+        and the column); ``None`` when the dataset names no such file."""
+        if self.segment_labels is None:
+            return None
+        root = self.root_dir
+        path = os.path.join(root, self.segment_labels)
+        if not os.path.isfile(path):
+            raise ManifestError(f"{self.manifest}: dataset {self.name!r}: field 'segment_labels': "
+                                f"no such file {path}")
+        return _segments_cached(self, os.stat(path).st_mtime_ns, root, tuple(c.id for c in self.list_clips()))
+
+    def segment_digest(self, ids) -> str:
+        """16 hex digits of the sha256 of the segment rows of the clips ``ids``."""
+        rows = self.segment_rows() or {}
+        h = hashlib.sha256()
+        for cid in ids:
+            h.update(f"{cid}\0".encode())
+            if cid in rows:
+                spans, cols = rows[cid]
+                h.update(np.ascontiguousarray(spans).tobytes())
+                h.update(json.dumps({k: list(v) for k, v in sorted(cols.items())}).encode())
+            h.update(b"\1")
+        return h.hexdigest()[:16]
 
     def series_digest(self, ids) -> str:
         """16 hex digits of the sha256 of the series of the clips ``ids`` (for a stage's hash
@@ -223,12 +268,11 @@ def _check_dataset(manifest: str, name: str, d, lines: dict | None = None) -> Da
         if not isinstance(d.get(field), str) or not d[field].strip() or len(d[field]) > MAX_PATH:
             fail(field, f"is required and must be a non-empty string of at most {MAX_PATH:,} characters",
                  d.get(field))
-    if d.get("continuous_labels") is not None and (not isinstance(d["continuous_labels"], str) or
-                                                   not d["continuous_labels"].strip() or
-                                                   len(d["continuous_labels"]) > MAX_PATH):
-        fail("continuous_labels", f"must be a non-empty string of at most {MAX_PATH:,} characters when given",
-             d["continuous_labels"])
-    for field in ("clips", "labels", "continuous_labels"):
+    for field in ("continuous_labels", "segment_labels"):
+        if d.get(field) is not None and (not isinstance(d[field], str) or not d[field].strip() or
+                                         len(d[field]) > MAX_PATH):
+            fail(field, f"must be a non-empty string of at most {MAX_PATH:,} characters when given", d[field])
+    for field in ("clips", "labels", "continuous_labels", "segment_labels"):
         if d.get(field) is None:
             continue
         if os.path.isabs(d[field]) or ".." in d[field].replace("\\", "/").split("/"):
@@ -258,7 +302,8 @@ def _check_dataset(manifest: str, name: str, d, lines: dict | None = None) -> Da
             fail(field, "must be a positive number when given", value)
     return Dataset(name=name, root=d["root"], clips=d["clips"], labels=d["labels"], label_set=tuple(labels),
                    protocol=protocol, sr=d.get("sr"), fps=d.get("fps"), speakers=d.get("speakers"),
-                   manifest=manifest, video_fps=d.get("video_fps"), continuous_labels=d.get("continuous_labels"))
+                   manifest=manifest, video_fps=d.get("video_fps"), continuous_labels=d.get("continuous_labels"),
+                   segment_labels=d.get("segment_labels"))
 
 
 class _Refused(yaml.MarkedYAMLError):
@@ -517,4 +562,87 @@ def _continuous_cached(ds: Dataset, mtime: int, root: str, clip_ids: tuple) -> d
                                 f"a time-continuous series needs at least two")
         a = np.asarray(values, dtype=np.float64)
         out[cid] = (a[:, 0], a[:, 1].astype(np.float32), a[:, 2].astype(np.float32))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _segments_cached(ds: Dataset, mtime: int, root: str, clip_ids: tuple) -> dict[str, tuple]:
+    """The ``segment_labels`` file read and checked (module docstring); errors name the line and column."""
+    path = os.path.join(root, ds.segment_labels)
+    where = f"{ds.manifest}: dataset {ds.name!r}: field 'segment_labels' ({path})"
+    if not inside(path, root):
+        raise ManifestError(f"{where}: leads to {os.path.realpath(path)}, outside the root {root}")
+    known = set(clip_ids)
+    rows: dict[str, list] = {}
+    columns = None
+    for line, row in _label_rows(path, where, SEGMENT_COLUMNS):
+        if columns is None:
+            columns = [c for c in SEGMENT_LABEL_COLUMNS if c in row]
+            if not columns:
+                raise ManifestError(f"{where}: line 1: no label column; give at least one of "
+                                    f"{', '.join(SEGMENT_LABEL_COLUMNS)}, the header is {shown(list(row))}")
+        cid = (row["clip_id"] or "").strip()
+        if cid not in known:
+            what = "is not a clip of the labels CSV" if _CLIP_ID.fullmatch(cid) else \
+                "must be letters, digits, '.', '_' or '-' (no path separators)"
+            raise ManifestError(f"{where}: line {line}: column 'clip_id': {shown(cid)} {what} ({ds.labels})")
+        t0 = _number(row, "t_begin", where, line, low=0.0)
+        t1 = _number(row, "t_end", where, line, low=0.0)
+        if t1 <= t0:
+            raise ManifestError(f"{where}: line {line}: column 't_end': {t1:g} s must be after t_begin {t0:g} s")
+        if cid in rows and t0 < rows[cid][-1][1] - 1e-6:
+            raise ManifestError(f"{where}: line {line}: column 't_begin': {t0:g} s is before the end "
+                                f"{rows[cid][-1][1]:g} s of the previous segment of clip {cid!r}; give a "
+                                f"clip's segments in increasing time, not overlapping")
+        values = []
+        for c in columns:
+            v = (row.get(c) or "").strip()
+            allowed = SOUND_TYPES if c == "sound_type" else ds.label_set
+            if v and v not in allowed:
+                raise ManifestError(f"{where}: line {line}: column {c!r}: {shown(v)} is not one of "
+                                    f"{shown(list(allowed))} (leave it empty when not annotated)")
+            values.append(v)
+        rows.setdefault(cid, []).append((t0, t1, values))
+    out = {}
+    for cid, values in rows.items():
+        spans = np.asarray([(a, b) for a, b, _ in values], dtype=np.float64)
+        out[cid] = (spans, {c: np.asarray([v[2][j] for v in values], dtype=object) for j, c in enumerate(columns)})
+    return out
+
+
+def unit_rows(spans: np.ndarray, t_begin: np.ndarray, t_end: np.ndarray) -> np.ndarray:
+    """The annotated segment (row of ``spans`` (n, 2) s) of each unit [t_begin, t_end): the row
+    that overlaps it most, when that overlap covers at least half the unit; else −1.
+    Returns (n_units,) int64."""
+    t_begin, t_end = np.asarray(t_begin, np.float64), np.asarray(t_end, np.float64)
+    out = np.full(len(t_begin), -1, dtype=np.int64)
+    spans = np.asarray(spans, np.float64).reshape(-1, 2)
+    if not len(spans) or not len(t_begin):
+        return out
+    overlap = np.clip(np.minimum(t_end[:, None], spans[None, :, 1]) -
+                      np.maximum(t_begin[:, None], spans[None, :, 0]), 0.0, None)   # (units, rows)
+    best = overlap.argmax(1)
+    enough = overlap[np.arange(len(best)), best] >= 0.5 * (t_end - t_begin) - 1e-9
+    out[enough & (overlap.max(1) > 0)] = best[enough & (overlap.max(1) > 0)]
+    return out
+
+
+def unit_labels_group(rows: dict, clip_ids, units: dict) -> dict[str, np.ndarray]:
+    """The shard's ``/unit_labels`` group: for every row of ``units`` (the ``/units`` group:
+    ``t_begin``, ``t_end``, ``offsets``) the ``label``, ``audio_label``, ``visual_label`` and
+    ``sound_type`` of its annotated segment (``unit_rows``; ``""`` when none or not annotated),
+    and ``offsets`` equal to the units' ones."""
+    offsets = np.asarray(units["offsets"], dtype=np.int64)
+    n = int(offsets[-1]) if len(offsets) else 0
+    out = {c: np.full(n, "", dtype=object) for c in SEGMENT_LABEL_COLUMNS}
+    for k, cid in enumerate(clip_ids):
+        if cid not in rows:
+            continue
+        spans, cols = rows[cid]
+        a, b = int(offsets[k]), int(offsets[k + 1])
+        pick = unit_rows(spans, units["t_begin"][a:b], units["t_end"][a:b])
+        hit = pick >= 0
+        for c, values in cols.items():
+            out[c][a:b][hit] = values[pick[hit]]
+    out["offsets"] = offsets
     return out

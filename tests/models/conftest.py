@@ -162,3 +162,51 @@ def fit_steps(model, batch, steps, lr):
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def demo_units(store) -> dict:
+    """{clip id: (t_begin, t_end, kind) arrays} of the demo clips in ``store``'s shards."""
+    from features.store import Shard
+    from models.data import find_shards
+
+    out = {}
+    for path in find_shards(store, "demo"):
+        s = Shard(path)
+        for c, cid in enumerate(s.clips["id"]):
+            u = s.units(c)
+            out[str(cid)] = (np.asarray(u["t_begin"]), np.asarray(u["t_end"]), np.asarray(u["kind"]))
+        s.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def seg_store(demo_store, tmp_path_factory):
+    """``demo_store`` rebuilt with per-segment labels (issue 18 item 7): the manifest names
+    ``segment_labels: seg.csv``. s1_anger_01 has one row per prosodic unit (its exact span): the
+    audio-visual label happiness, audio sadness on the first unit only, visual anger, sound type
+    silence / verbal / laugh by the unit's kind; s2_happiness_01 has one row covering its second
+    unit only (sound type empty). Only the Shard stage runs. Returns (store, manifest, units of
+    the demo clips)."""
+    units = demo_units(demo_store)
+    base = tmp_path_factory.mktemp("seg")
+    corpus = base / "corpus"
+    shutil.copytree(os.path.join(DEMO, "clips"), corpus / "clips")
+    shutil.copy2(os.path.join(DEMO, "labels.csv"), corpus / "labels.csv")
+    sound = {0: "silence", 1: "verbal", 2: "laugh"}
+    with open(corpus / "seg.csv", "w", newline="") as f:
+        f.write("clip_id,t_begin,t_end,label,audio_label,visual_label,sound_type\n")
+        t0, t1, kind = units["s1_anger_01"]
+        for j in range(len(t0)):
+            f.write(f"s1_anger_01,{t0[j]:.6f},{t1[j]:.6f},happiness,{'sadness' if j == 0 else ''},anger,"
+                    f"{sound[int(kind[j])]}\n")
+        t0, t1, _ = units["s2_happiness_01"]
+        f.write(f"s2_happiness_01,{t0[1]:.6f},{t1[1]:.6f},sadness,sadness,,\n")
+    manifest = base / "manifest.yaml"
+    manifest.write_text(f"datasets:\n  demo:\n    root: {corpus}\n    clips: clips/*\n    labels: labels.csv\n"
+                        f"    segment_labels: seg.csv\n    label_set: [anger, happiness, sadness]\n"
+                        f"    protocol: loso\n    sr: 48000\n    fps: 30\n    speakers: 3\n")
+    store = base / "store"
+    link_tree(demo_store, store)
+    ran = fresh_build(store, manifest=manifest)
+    assert set(ran) <= {"Shard", "BuildShards"}, ran
+    return store, manifest, units

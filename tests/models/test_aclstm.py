@@ -298,3 +298,84 @@ def test_the_vgg_trains_at_its_own_rate():
     assert [g["lr"] for g in model.configure_optimizer().param_groups] == [1e-3]
     desc = tiny(visual_feature="descriptor")          # no VGG: its small FC layers keep the common rate
     assert [g["lr"] for g in desc.param_groups([desc], 1e-2)] == [1e-2]
+
+
+# -- issue 18 item 7: a segment per unit (silences included), segment labels, verbal-only emotion CNN --
+KINDS = torch.tensor([[1, 1, 0, 2, 2], [0, 0, 1, -1, -1]])   # per window: segments [[1, 0, 2], [0, 1, -]]
+
+
+def test_the_model_reads_a_segment_for_every_unit():
+    """§III-A: every unit of the segmentation, a silence too, is a segment: the trainer reads the
+    ACLSTM's batches in segment mode (models/data.py gives windowless units windows)."""
+    assert A.MODE == "segment"
+
+
+def test_segment_kinds_come_from_the_windows_unit_kind():
+    model = tiny()
+    batch = {**make_batch(), "unit_kind": KINDS}
+    seg = model.segment_features(batch)
+    assert model.segment_kinds(batch, seg).tolist() == [[1, 0, 2], [0, 1, -1]]
+
+
+def test_the_audio_emotion_cnn_is_trained_on_verbal_segments_only():
+    """§III-B: "The verbal segments are used to train a CNN model with emotions as the target outputs"."""
+    torch.manual_seed(0)
+    model = tiny()
+    batch = {**make_batch(), "unit_kind": KINDS}
+    seg = model.segment_features(batch)
+    loss = model.audio_loss(batch, seg)
+    # by hand: batch 0's segment 0 (units 0: windows 0-1) and batch 1's segment 1 (unit 5: window 2)
+    logits = model.audio_head(seg["emotion"])
+    expected = F.cross_entropy(torch.stack([logits[0, 0], logits[1, 1]]), torch.tensor([0, 2]))
+    assert torch.allclose(loss, expected)
+    # the silence and non-verbal windows do not reach the emotion CNN's loss
+    other = dict(batch, logmel=batch["logmel"].clone())
+    other["logmel"][0, 2:] = torch.randn_like(other["logmel"][0, 2:]) * 5
+    other["logmel"][1, :2] = 7.0
+    assert torch.allclose(model.audio_loss(other, model.segment_features(other)), loss)
+    # annotated audio-only labels are its targets; -1 (not annotated) falls back to the clip label
+    batch["segment_label_audio"] = torch.tensor([[1, -1, -1], [-1, -1, -1]])
+    expected = F.cross_entropy(torch.stack([logits[0, 0], logits[1, 1]]), torch.tensor([1, 2]))
+    assert torch.allclose(model.audio_loss(batch, seg), expected)
+
+
+def test_sound_types_silence_and_verbal_from_the_units_and_annotations_win():
+    """§II: sound types laugh, breath, shout, silence, verbal; silence / verbal are what the
+    segmentation says; a non-verbal unit needs an annotation."""
+    model = tiny()
+    batch = {**make_batch(), "unit_kind": KINDS}
+    seg = model.segment_features(batch)
+    silence, verbal = A.SOUND_TYPES.index("silence"), A.SOUND_TYPES.index("verbal")
+    assert model.sound_targets(batch, seg).tolist() == [[verbal, silence, -1], [silence, verbal, -1]]
+    batch["sound_type"] = torch.tensor([[-1, -1, 0], [2, -1, -1]])   # laugh; shout over a silence unit
+    assert model.sound_targets(batch, seg).tolist() == [[verbal, silence, 0], [2, verbal, -1]]
+    assert tiny(sound_from_kind=False).sound_targets({k: v for k, v in batch.items() if k != "sound_type"},
+                                                     seg).tolist() == [[-1] * 3] * 2
+
+
+def test_pretrain_trains_the_sound_type_cnn_on_silence_and_verbal_units_without_annotations():
+    torch.manual_seed(0)
+    model = tiny()
+    batch = {**make_batch(), "unit_kind": KINDS}
+    before = [p.detach().clone() for p in model.sound_cnn.parameters()]
+    model.pretrain([batch, batch], "cpu")
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.sound_cnn.parameters()))
+    assert not any(p.requires_grad for p in model.sound_cnn.parameters())
+
+
+def test_partly_annotated_segment_labels_fall_back_to_the_clip_label():
+    model = tiny()
+    batch = make_batch()
+    seg = model.segment_features(batch)
+    batch["segment_label"] = torch.tensor([[1, -1, 2], [-1, 0, -1]])
+    assert model.segment_targets(batch, seg["seg_mask"]).tolist() == [[1, 0, 2], [2, 0, 2]]
+    # the VGG's frames learn the visual label, the NTN the agreement where both are annotated
+    batch["segment_label_audio"] = torch.tensor([[1, -1, 2], [0, 0, -1]])
+    batch["segment_label_visual"] = torch.tensor([[1, 2, 0], [0, -1, -1]])
+    with torch.no_grad():
+        ya, yv = model.audio_head(seg["emotion"]).argmax(-1), model.visual_head(seg["visual"]).argmax(-1)
+        predicted = (ya == yv).float()
+        target = model.ntn_target(batch, seg)
+    assert target[0, 0] == 1 and target[0, 2] == 0 and target[1, 0] == 1
+    assert target[0, 1] == predicted[0, 1] and target[1, 1] == predicted[1, 1]
+    assert model.segment_targets(batch, seg["seg_mask"], "segment_label_visual").tolist() == [[1, 2, 0], [0, 2, 2]]

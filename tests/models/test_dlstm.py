@@ -216,3 +216,51 @@ def test_a_few_steps_reduce_the_mse_on_a_learnable_batch(video):
     model.on_epoch_start(5)
     losses = fit_steps(model, batch, steps=40, lr=0.01)
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_truncated_bptt_cuts_the_gradient_every_k_windows_and_keeps_the_forward_values():
+    """Lucas §3: "optimized using truncated backpropagation through time": the state is carried
+    across the sequence but detached every ``tbptt`` windows (default 30, a documented choice)."""
+    assert D.DLSTMConfig().tbptt == 30
+    torch.manual_seed(0)
+    full, cut = tiny(tbptt=0), tiny(tbptt=2)
+    cut.load_state_dict(full.state_dict())
+    for name, x, run in (("audio", torch.randn(1, 5, 6), lambda m, x: m.audio(x)[0]),
+                         ("video", torch.randn(1, 5, 3, 5), lambda m, x: m.video(x, bypass=False)[0])):
+        grads, outs = [], []
+        for model in (full, cut):
+            xi = x.clone().requires_grad_(True)
+            y = run(model, xi)
+            y[:, -1].sum().backward()   # a loss on the last window (t = 4)
+            grads.append(xi.grad[0].abs().flatten(1).sum(-1))
+            outs.append(y.detach())
+        assert torch.allclose(outs[0], outs[1], atol=1e-6), name   # same forward pass
+        assert (grads[0][:4] > 0).all(), name                       # full BPTT reaches every window
+        assert (grads[1][:4] == 0).all() and grads[1][4] > 0, name  # cut at t = 4 (k = 2: at 2 and 4)
+    with pytest.raises(ValueError, match="tbptt"):
+        tiny(tbptt=-1)
+
+
+def test_pretrain_unimodal_trains_audio_and_video_dlstms_apart_then_freezes_them():
+    """Lucas §3.1: "two DLSTM networks are pre-trained separately on audio and video, and
+    subsequently frozen before training the fusion mechanisms"."""
+    assert tiny().pretrain is None   # off by default: the trainer runs no pre-training
+    torch.manual_seed(0)
+    model = tiny(pretrain_unimodal=True, pretrain_epochs=3, bypass_epochs=1, early_fusion=False)
+    batches = [make_batch(seed=s) for s in range(2)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hist = model.pretrain(batches, "cpu")
+    assert len(hist["audio"]) == 3 and len(hist["video"]) == 3
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("audio.") for n in changed) and any(n.startswith("video.") for n in changed)
+    assert any(n.startswith("cnn.") for n in changed)
+    assert not any(n.startswith("W_m") for n in changed)   # the fusion is not part of the pre-training
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in model.named_parameters() if n.split(".")[0] in ("audio", "video", "cnn")}
+    opt = model.configure_optimizer()
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(model.W_m)}
+    # the frozen video DLSTM keeps the input mode it was pre-trained in (attention after epoch 1)
+    model.on_epoch_start(0)
+    assert model.bypass is False
+    model(batches[0])["pred"].sum().backward()
+    assert model.W_m.grad is not None and all(p.grad is None for p in model.audio.parameters())

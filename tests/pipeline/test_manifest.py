@@ -313,3 +313,90 @@ def test_the_continuous_labels_field_is_checked_with_its_line(tmp_path, value, r
 def test_a_missing_continuous_labels_file_is_named(tmp_path):
     with pytest.raises(ManifestError, match="field 'continuous_labels': no such file .*labels_t.csv"):
         get_dataset(_corpus(tmp_path, CONTINUOUS), "ds").continuous_series()
+
+
+# -- issue 18 item 7: per-segment, per-modality labels and sound types (Hsu & Wu §II) ----------------
+SEGMENTED = MANIFEST + "    segment_labels: seg.csv\n"
+SEGMENTS = (b"clip_id,t_begin,t_end,label,audio_label,visual_label,sound_type\n"
+            b"c1,0,0.5,a,a,b,verbal\nc1,0.5,0.8,,,,silence\nc1,0.8,1.2,b,,b,laugh\nc2,0.1,0.9,b,b,b,\n")
+
+
+def _segmented(tmp_path, rows=SEGMENTS, manifest=SEGMENTED):
+    path = _corpus(tmp_path, manifest)
+    (tmp_path / "data" / "seg.csv").write_bytes(rows)
+    return path
+
+
+def test_a_segment_labels_file_gives_each_clip_its_annotated_segments(tmp_path):
+    ds = get_dataset(_segmented(tmp_path), "ds")
+    assert ds.segment_labels == "seg.csv"
+    rows = ds.segment_rows()
+    spans, cols = rows["c1"]
+    assert spans.tolist() == [[0, 0.5], [0.5, 0.8], [0.8, 1.2]] and spans.dtype.name == "float64"
+    assert cols["label"].tolist() == ["a", "", "b"] and cols["visual_label"].tolist() == ["b", "", "b"]
+    assert cols["sound_type"].tolist() == ["verbal", "silence", "laugh"] and rows["c2"][1]["audio_label"].tolist() == ["b"]
+    before = ds.segment_digest(["c1", "c2"])
+    assert before == ds.segment_digest(["c1", "c2"]) and before != ds.segment_digest(["c1"])
+    (tmp_path / "data" / "seg.csv").write_bytes(SEGMENTS.replace(b"c2,0.1,0.9,b,b,b,", b"c2,0.1,0.9,b,a,b,"))
+    os.utime(tmp_path / "data" / "seg.csv", ns=(1, 2))
+    assert ds.segment_digest(["c1", "c2"]) != before and ds.segment_digest(["c1"]) == get_dataset(
+        _segmented(tmp_path / "again"), "ds").segment_digest(["c1"])
+    # only some label columns: the others are absent, not empty
+    only = get_dataset(_segmented(tmp_path / "only", b"clip_id,t_begin,t_end,sound_type\nc1,0,1,breath\n"), "ds")
+    assert set(only.segment_rows()["c1"][1]) == {"sound_type"}
+    assert get_dataset(_corpus(tmp_path / "none"), "ds").segment_rows() is None   # optional field
+
+
+def test_units_take_the_segment_that_covers_most_of_them():
+    from pipeline.manifest import unit_labels_group, unit_rows
+
+    spans = [[0.0, 0.5], [0.5, 0.8], [0.8, 1.2]]
+    # units: inside row 0; 0.4-0.7 (0.1 in row 0, 0.2 in row 1); 1.1-1.5 (0.1 of 0.4 s: too little); 2-3 none
+    assert unit_rows(spans, [0.0, 0.4, 1.1, 2.0], [0.4, 0.7, 1.5, 3.0]).tolist() == [0, 1, -1, -1]
+    rows = {"c1": (spans, {"label": ["a", "", "b"], "sound_type": ["verbal", "silence", "laugh"]})}
+    units = {"t_begin": [0.0, 0.5, 0.8, 0.0], "t_end": [0.5, 0.8, 1.2, 2.0], "offsets": [0, 3, 4]}
+    import numpy as np
+    rows = {k: (np.asarray(s), {c: np.asarray(v, dtype=object) for c, v in cols.items()}) for k, (s, cols) in rows.items()}
+    g = unit_labels_group(rows, ["c1", "c2"], units)
+    assert g["label"].tolist() == ["a", "", "b", ""] and g["sound_type"].tolist() == ["verbal", "silence", "laugh", ""]
+    assert g["audio_label"].tolist() == [""] * 4 and g["offsets"].tolist() == [0, 3, 4]
+
+
+@pytest.mark.parametrize("rows, expected", [
+    (SEGMENTS.replace(b"t_end", b"t_stop"), ["seg.csv): line 1: missing column(s) t_end"]),
+    (b"clip_id,t_begin,t_end,emotion\nc1,0,1,a\n", ["seg.csv): line 1: no label column; give at least one of label"]),
+    (SEGMENTS + b"c9,0,1,a,a,a,\n", ["seg.csv): line 6: column 'clip_id': 'c9' is not a clip of the labels CSV"]),
+    (SEGMENTS + b"../x,0,1,a,a,a,\n", ["line 6: column 'clip_id': '../x' must be letters"]),
+    (SEGMENTS.replace(b"c1,0.5,0.8", b"c1,soon,0.8"), ["line 3: column 't_begin': must be a finite number >= 0, got 'soon'"]),
+    (SEGMENTS.replace(b"c2,0.1,0.9", b"c2,0.1,inf"), ["line 5: column 't_end': must be a finite number >= 0, got 'inf'"]),
+    (SEGMENTS.replace(b"c2,0.1,0.9", b"c2,0.9,0.1"), ["line 5: column 't_end': 0.1 s must be after t_begin 0.9 s"]),
+    (SEGMENTS.replace(b"c1,0.8,1.2", b"c1,0.7,1.2"), ["line 4: column 't_begin': 0.7 s is before the end 0.8 s"]),
+    (SEGMENTS.replace(b"c1,0,0.5,a,a,b", b"c1,0,0.5,a,c,b"), ["line 2: column 'audio_label': 'c' is not one of ['a', 'b']"]),
+    (SEGMENTS.replace(b"b,,b,laugh", b"b,,z,laugh"), ["line 4: column 'visual_label': 'z' is not one of ['a', 'b']"]),
+    (SEGMENTS.replace(b"silence", b"cough"), ["line 3: column 'sound_type': 'cough' is not one of ['laugh', 'breath', "
+                                              "'shout', 'silence', 'verbal']"]),
+    (SEGMENTS.replace(b"c2,0.1,0.9,b", b"c2,0.1,0.9,B"), ["line 5: column 'label': 'B' is not one of"]),
+    (SEGMENTS.replace(b"laugh", b"la\xffugh"), ["seg.csv): line 4: byte 0xff is not UTF-8"]),
+], ids=["missing-column", "no-label-column", "unknown-clip", "bad-clip-id", "t-not-a-number", "t-infinite",
+        "end-before-begin", "overlap", "bad-audio-label", "bad-visual-label", "bad-sound-type", "label-case",
+        "not-utf8"])
+def test_bad_segment_rows_name_the_file_line_and_column(tmp_path, rows, expected):
+    with pytest.raises(ManifestError) as err:
+        get_dataset(_segmented(tmp_path, rows), "ds").segment_rows()
+    msg = str(err.value)
+    assert "m.yaml: dataset 'ds': field 'segment_labels' (" in msg and all(p in msg for p in expected), msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("value, rule", [("", "non-empty string"), ("../s.csv", "inside the root"),
+                                         ("[1]", "non-empty string")])
+def test_the_segment_labels_field_is_checked_with_its_line(tmp_path, value, rule):
+    path = _corpus(tmp_path, MANIFEST + f"    segment_labels: {value!r}\n".replace("'[1]'", "[1]"))
+    with pytest.raises(ManifestError) as err:
+        get_dataset(path, "ds")
+    assert "m.yaml: line 8: dataset 'ds': field 'segment_labels'" in str(err.value) and rule in str(err.value)
+
+
+def test_a_missing_segment_labels_file_is_named(tmp_path):
+    with pytest.raises(ManifestError, match="field 'segment_labels': no such file .*seg.csv"):
+        get_dataset(_corpus(tmp_path, SEGMENTED), "ds").segment_rows()
