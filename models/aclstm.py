@@ -100,7 +100,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.labels import SOUND_TYPES
-from models.layers import fit, make_optimizer, masked_mean, masked_softmax, to_device, unit_assignment, unit_mean
+from models.layers import fit, make_optimizer, masked_mean, masked_softmax, unit_assignment, unit_mean
 
 VARIANTS = ("feature", "decision", "coupled", "aclstm")
 SILENCE, VERBAL, NONVERBAL = 0, 1, 2  # unit kinds (features.prosody)
@@ -272,22 +272,6 @@ def video_keep(batch: dict) -> torch.Tensor:
     if "video_ok" in batch:
         keep = keep & batch["video_ok"].to(torch.bool)
     return keep
-
-
-def fit_groups(groups: list[dict], loss_fn, loader, device, *, epochs: int) -> list[float]:
-    """:func:`models.layers.fit` with optimiser groups ({params, lr}, Adam): the mean loss per epoch."""
-    opt = torch.optim.Adam(groups)
-    history = []
-    for _ in range(epochs):
-        total, n = 0.0, 0
-        for batch in loader:
-            loss = loss_fn(to_device(batch, device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + float(loss.detach()), n + 1
-        history.append(total / max(n, 1))
-    return history
 
 
 class AttentionLSTM(nn.Module):
@@ -563,7 +547,8 @@ class ACLSTM(nn.Module):
             extractors.append(self.vgg)
         before = [p.detach().clone() for p in self.sound_cnn.parameters()]
         groups = self.param_groups(extractors + [self.sound_cnn, self.sound_head], c.pretrain_lr)
-        hist = {"unimodal": fit_groups(groups, self._unimodal_loss, loader, device, epochs=c.pretrain_epochs)}
+        hist = {"unimodal": fit(groups, self._unimodal_loss, loader, device, epochs=c.pretrain_epochs,
+                                lr=c.pretrain_lr, phase="unimodal")}
         # the sound-type CNN learns here when segments have a sound-type target (``sound_targets``:
         # annotated, or silence / verbal units), and is then frozen with the other extractors;
         # without any it is trained with the fusion model

@@ -237,37 +237,51 @@ class AVEF(nn.Module):
     # -- hooks the trainer calls ------------------------------------------------------------------
     def pretrain(self, loader, device) -> dict:
         """§4.2: audio-net and visual-net trained separately (their own fc8, eq 2.3-2.6), then the
-        DBN pre-trained greedily, one RBM at a time with CD-1, on their fc7 features."""
+        DBN pre-trained greedily, one RBM at a time with CD-1, on their fc7 features. One progress
+        line per epoch of each phase (``audio_net``, ``visual_net``: loss and training accuracy;
+        ``rbm-1``, ``rbm-2``: reconstruction error); ``net_epochs`` and ``rbm_epochs`` bound them
+        (``python -m models.train --net-epochs N`` sets both)."""
+        from models.progress import Progress
+
         log = {"audio_net": [], "visual_net": [], "rbm": []}
+        n_items = len(loader.dataset) if hasattr(loader, "dataset") else None   # (a DataLoader's)
         for name, net, key in (("audio_net", self.audio, "logmel"), ("visual_net", self.visual, self.crop_key)):
             opt = torch.optim.SGD(net.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
             net.train()
+            progress = Progress(name, self.cfg.net_epochs, n_items, metric="accuracy")
             for _ in range(self.cfg.net_epochs):
-                total, n = 0.0, 0
+                total, n, right = 0.0, 0, 0
                 for batch in loader:
                     x, y = batch[key].to(device, non_blocking=True), batch["label"].to(device)
-                    loss = F.cross_entropy(net.fc8(net(x)), y)
+                    logits = net.fc8(net(x))
+                    loss = F.cross_entropy(logits, y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     total, n = total + float(loss.detach()) * len(y), n + len(y)
+                    right += int((logits.detach().argmax(1) == y).sum())
                 log[name].append(total / max(n, 1))
+                progress.epoch(loss=log[name][-1], metric=right / max(n, 1), samples=n)
         self.eval()
+        progress = Progress("dbn_input", 1, n_items)
         with torch.no_grad():
             x = torch.cat([self.fc7({k: v.to(device) for k, v in b.items()}).float().cpu() for b in loader])
+        progress.epoch(samples=len(x))
         self.dbn.in_mean.copy_(x.mean(0))
         # one scale for all units (the root-mean-square of the per-unit stds): a per-unit scale would
         # blow rarely active ReLU units up and saturate the sigmoid layers above them
         self.dbn.in_std.fill_(float(x.var(0).mean().sqrt()) + 1e-6)
         h = ((x - self.dbn.in_mean.cpu()) / self.dbn.in_std.cpu()).to(device)
         g = torch.Generator().manual_seed(0)
-        for rbm in self.dbn.rbms:
+        for layer, rbm in enumerate(self.dbn.rbms, 1):
             errs = []
+            progress = Progress(f"rbm-{layer}", self.cfg.rbm_epochs, len(h))
             for _ in range(self.cfg.rbm_epochs):
                 perm = torch.randperm(len(h), generator=g).to(h.device)
                 err = [rbm.cd1(h[perm[i:i + self.cfg.rbm_batch_size]], lr=self.cfg.rbm_lr)
                        for i in range(0, len(h), self.cfg.rbm_batch_size)]
                 errs.append(sum(err) / len(err))
+                progress.epoch(loss=errs[-1])
             log["rbm"].append(errs)
             with torch.no_grad():
                 h = rbm.hidden(h)

@@ -111,23 +111,48 @@ def to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def fit(params: Iterable[nn.Parameter], loss_fn: Callable[[dict], torch.Tensor], loader, device,
-        *, epochs: int, lr: float) -> list[float]:
+def _phase_name(loss_fn) -> str:
+    """A phase name from the loss function's name (``audio_loss`` -> "audio", ``_ntn_loss`` -> "ntn")."""
+    name = getattr(loss_fn, "__name__", "") or ""
+    name = name.strip("_")
+    name = name[:-len("_loss")] if name.endswith("_loss") else name
+    return name if name and name != "<lambda>" else "pretrain"
+
+
+def _batch_size(batch: dict) -> int:
+    if torch.is_tensor(batch.get("label")):
+        return len(batch["label"])
+    return next((len(v) for v in batch.values() if torch.is_tensor(v) and v.dim()), 0)
+
+
+def fit(params: Iterable, loss_fn: Callable[[dict], torch.Tensor], loader, device,
+        *, epochs: int, lr: float, phase: str | None = None) -> list[float]:
     """A short Adam loop used by the ``pretrain`` hooks (separately trained parts of a model).
 
+    ``params``: parameters, or optimiser groups (dicts ``{"params": [...], "lr": ...}``; a group
+    without ``lr`` takes ``lr``); those that do not require gradients are left out.
     ``loss_fn(batch)`` gets each batch (already on ``device``) and returns a scalar; returns the
-    mean loss of each epoch.
+    mean loss of each epoch. Logs one progress line per epoch (:mod:`models.progress`) under
+    ``phase`` (default: the loss function's name, ``audio_loss`` -> "audio").
     """
-    params = [p for p in params if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    from models.progress import Progress
+
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        opt = torch.optim.Adam([{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params], lr=lr)
+    else:
+        opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=lr)
+    progress = Progress(phase or _phase_name(loss_fn), epochs)
     history = []
     for _ in range(epochs):
-        total, n = 0.0, 0
+        total, n, samples = 0.0, 0, 0
         for batch in loader:
+            samples += _batch_size(batch)
             loss = loss_fn(to_device(batch, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total, n = total + float(loss.detach()), n + 1
         history.append(total / max(n, 1))
+        progress.epoch(loss=history[-1], samples=samples)
     return history

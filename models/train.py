@@ -1,7 +1,7 @@
 """Train and evaluate a model on a dataset's shards under a protocol (nanoGPT's train.py role).
 
     python -m models.train --model avef --dataset demo --protocol loso [--fold 0] [--epochs 30]
-        [--store store] [--out runs] [--set net_epochs=5 --set small_crops=true]
+        [--net-epochs 5] [--store store] [--out runs] [--set small_crops=true] [--resume]
 
 Per fold: training, validation (early stopping) and test parts from ``models.protocols``;
 normalisation statistics and the landmark PCA fitted on the training part only; the model's
@@ -9,9 +9,12 @@ hooks (``pretrain``, ``on_epoch_start``, ``configure_optimizer``, ``clip_classif
 module-level ``label_map``/``features``) when it defines them; GPU with bf16 autocast when
 present. Writes ``<out>/<model>/<dataset>/<protocol>/<fold>/{checkpoint.pt, results.json,
 confusion.png, curves.png, attention-*.png}`` and, across the folds there,
-``summary.json`` + ``table.md`` (mean ± std). Window-mode models are scored per clip: the
-clip's windows are pooled (the model's ``clip_classifier`` on the averaged ``embedding``, AVEF
-§2.2.4, else the averaged softmax).
+``summary.json`` + ``table.md`` (mean ± std). Every phase logs one line per epoch (loss, metric,
+samples/s, ETA: ``models.progress``); ``--epochs`` bounds the main phase, ``--net-epochs`` every
+pre-training phase. While a fold runs, ``<fold>/last.pt`` holds its state after the pre-training
+and after each epoch (atomic); Ctrl-C exits with status 130 and ``--resume`` continues from it.
+Window-mode models are scored per clip: the clip's windows are pooled (the model's
+``clip_classifier`` on the averaged ``embedding``, AVEF §2.2.4, else the averaged softmax).
 """
 from __future__ import annotations
 
@@ -22,7 +25,10 @@ import glob
 import json
 import logging
 import os
+import random
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -32,6 +38,7 @@ import models
 from features.errors import ShardError
 from models import metrics, plots
 from models.data import ShardDataset, clip_table, find_shards, fit_norm, loader
+from models.progress import Progress, context
 from models.protocols import dataset_protocol, fit_pca_basis, make_folds
 
 logger = logging.getLogger("models.train")
@@ -144,7 +151,9 @@ def _hook(model, module, name):
     return getattr(model, name, None) or getattr(module, name, None)
 
 
-def train_epoch(model, module, dl, opt, device, precision: str | None = None, scaler=None) -> float:
+def train_epoch(model, module, dl, opt, device, precision: str | None = None, scaler=None,
+                stats: dict | None = None) -> float:
+    """One epoch over ``dl``: the mean training loss per sample (``stats["samples"]``: how many)."""
     model.train()
     loss_fn = _hook(model, module, "loss")
     scaler = grad_scaler(device, precision) if scaler is None else scaler
@@ -159,6 +168,8 @@ def train_epoch(model, module, dl, opt, device, precision: str | None = None, sc
         scaler.step(opt)
         scaler.update()
         total, n = total + float(loss.detach()) * len(batch["label"]), n + len(batch["label"])
+    if stats is not None:
+        stats["samples"] = n
     return total / max(n, 1)
 
 
@@ -295,6 +306,96 @@ def _val_metric(res: dict, select: str | None = None) -> float:
     return float(np.mean(cccs)) if cccs else 0.0
 
 
+# -- epochs, interrupting and resuming a fold (issue 23 item 4) --------------------------------------
+#: the config fields ``--net-epochs N`` sets: the epochs of every pre-training phase (AVEF's audio-
+#: and visual-net ``net_epochs`` and each RBM's ``rbm_epochs``; ACLSTM's extractors
+#: ``pretrain_epochs`` and NTN ``ntn_epochs``; SincNet+text's two networks and DLSTM's unimodal
+#: nets (``pretrain_unimodal``) ``pretrain_epochs``)
+PRETRAIN_EPOCHS = ("net_epochs", "rbm_epochs", "pretrain_epochs", "ntn_epochs")
+LAST = "last.pt"
+
+
+def pretrain_overrides(module, net_epochs: int | None) -> dict:
+    """``{field: net_epochs}`` for the pre-training epoch fields the module's config has."""
+    if net_epochs is None:
+        return {}
+    names = {f.name for f in dataclasses.fields(module.CONFIG)}
+    return {f: int(net_epochs) for f in PRETRAIN_EPOCHS if f in names}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a fold; the message says where its last checkpoint is and how to continue."""
+
+
+class _DeferSigint:
+    """Ctrl-C waits until the block is done (a checkpoint being written is completed first), then
+    raises KeyboardInterrupt. Only in the main thread and under Python's default SIGINT handler."""
+
+    def __enter__(self):
+        self.got, self.old = [], None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.old = signal.signal(signal.SIGINT, lambda *a: self.got.append(a))
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        if self.got and exc[0] is None:
+            raise KeyboardInterrupt
+        return False
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.as_tensor(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+            "python": random.getstate()}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    kind, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = s["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def load_last(path, *, name: str, cfg, fold, seed: int) -> dict:
+    """A fold's ``last.pt`` for ``--resume``, checked against the run: same model, fold, seed and
+    configuration (the epoch counts aside: ``--epochs`` may grow, and pre-training is done)."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    got = (ck.get("model"), ck.get("fold"), ck.get("seed"))
+    if got != (name, fold.name, seed):
+        raise ValueError(f"--resume: {path} is of model {got[0]}, fold {got[1]}, seed {got[2]}, not {name}, "
+                         f"{fold.name}, {seed}: remove it or leave out --resume")
+    skip = {"epochs", *PRETRAIN_EPOCHS}
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    then = json.loads(json.dumps(ck["config"]))
+    diff = sorted(k for k in set(now) | set(then) if k not in skip and now.get(k) != then.get(k))
+    if diff:
+        raise ValueError(f"--resume: {path} was trained with another configuration ({', '.join(diff)}): "
+                         f"give the same --set options, or leave out --resume to start the fold afresh")
+    return ck
+
+
+def interrupted_message(out_dir: str, fold_name: str) -> str:
+    """What a Ctrl-C leaves: the fold's ``last.pt`` (opened, to show it loads) and how to go on."""
+    path = os.path.join(out_dir, LAST)
+    if not os.path.exists(path):
+        return f"interrupted in fold {fold_name} before its first checkpoint: a rerun starts the fold afresh"
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        done = f"{ck['epochs_done']} of {ck['epochs']} epochs done"
+    except Exception as err:   # noqa: BLE001 (the message must come out whatever the file holds)
+        return f"interrupted in fold {fold_name}; {path} does not load ({err})"
+    return f"interrupted in fold {fold_name}: {path} holds its state with {done} (pre-training, if any, " \
+           f"included); continue it with the same command and --resume"
+
+
 # -- one fold ----------------------------------------------------------------------------------------
 def check_targets(name, cfg, table, fold, classes) -> None:
     """Before any training: the corpus has the targets the configuration learns (a regression needs
@@ -315,8 +416,8 @@ def train_fold(args, table, fold, out_dir) -> dict:
     np.random.seed(args.seed)
     device = args.device
     module = models.load(args.model)
-    overrides = dict(args.set)
-    cfg = make_config(module, overrides)
+    overrides = dict(args.set)   # an explicit --set of a pre-training field wins over --net-epochs
+    cfg = make_config(module, {**pretrain_overrides(module, getattr(args, "net_epochs", None)), **overrides})
     classes, label_map = classes_of(module, cfg, table.manifest.get("label_set", sorted(set(table.label))))
     if classes and hasattr(cfg, "n_classes") and "n_classes" not in overrides:
         cfg.n_classes = len(classes)
@@ -347,36 +448,95 @@ def train_fold(args, table, fold, out_dir) -> dict:
         keep = getattr(module, "SHALLOW", None) if args.init_layers == "shallow" else None
         logger.info("initialised %d tensors from %s (%s)", len(init_from(model, args.init, keep=keep)), args.init,
                     "the layers " + ", ".join(keep) if keep else "every matching layer")
+    epochs = args.epochs or getattr(cfg, "epochs", 50)
+    every = getattr(args, "checkpoint_every", 1)
+    last = os.path.join(out_dir, LAST)
+    state = None
+    if getattr(args, "resume", False) and os.path.exists(last):
+        state = load_last(last, name=args.model, cfg=cfg, fold=fold, seed=args.seed)
+    elif getattr(args, "resume", False):
+        logger.info("%s: --resume: no %s, the fold starts afresh", fold.name, last)
+    elif os.path.exists(last):
+        os.remove(last)
+        logger.info("%s: starting afresh; removed %s of an earlier run (--resume continues one)", fold.name, last)
     log = {}
     pretrain = getattr(model, "pretrain", None)
-    if pretrain:
+    pre = {f: getattr(cfg, f) for f in PRETRAIN_EPOCHS if hasattr(cfg, f)} if pretrain and state is None else {}
+    logger.info("%s: %s%d training epochs (--epochs) on %d items", fold.name,
+                f"pre-training {', '.join(f'{k}={v}' for k, v in pre.items())} (--net-epochs), then " if pre else "",
+                epochs, len(train_ds))
+    if state is not None:   # --resume: the pre-trained (and partly trained) model; no pre-training again
+        model.load_state_dict(state["state_dict"])
+        for n, p in model.named_parameters():   # parts a pre-training froze stay frozen
+            p.requires_grad_(bool(state["requires_grad"].get(n, p.requires_grad)))
+        log["pretrain"] = state.get("pretrain")
+    elif pretrain:
         pbs = getattr(cfg, "net_batch_size", bs)
         log["pretrain"] = pretrain(loader(train_ds, batch_size=pbs, shuffle=True, seed=args.seed,
                                           num_workers=args.num_workers, device=device), device)
     opt = model.configure_optimizer() if hasattr(model, "configure_optimizer") else torch.optim.Adam(
         model.parameters(), lr=getattr(cfg, "lr", 1e-3), weight_decay=getattr(cfg, "weight_decay", 0.0))
-    epochs = args.epochs or getattr(cfg, "epochs", 50)
-    history, best, best_state, bad = [], -np.inf, None, 0
+    history, best, best_state, best_epoch, bad, stopped, start = [], -np.inf, None, None, 0, False, 0
     scaler = grad_scaler(device, args.precision)
-    for epoch in range(epochs):
+
+    def save_last(done: int) -> None:
+        """``last.pt`` (atomic, a Ctrl-C waits for it): all a --resume needs after ``done`` epochs."""
+        if not every:
+            return
+        same = best_epoch == done - 1   # the best state is the current one: not stored twice
+        with _DeferSigint():
+            os.makedirs(out_dir, exist_ok=True)
+            save_checkpoint(last, name=args.model, model=model, cfg=cfg, extra={
+                "kind": "last", "fold": fold.name, "seed": args.seed, "epochs_done": done, "epochs": epochs,
+                "history": history, "best": float(best), "best_epoch": best_epoch, "bad": bad, "stopped": stopped,
+                "best_state": None if same or best_state is None else best_state,
+                "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+                "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "pretrained": True,
+                "pretrain": log.get("pretrain"), "rng": _rng_state(),
+                "loader_rng": dl["train"].generator.get_state() if getattr(dl["train"], "generator", None) else None})
+
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        history, best, best_epoch = list(state["history"]), state["best"], state["best_epoch"]
+        bad, stopped, start = state["bad"], state["stopped"], state["epochs_done"]
+        best_state = state["best_state"] if state["best_state"] is not None else (
+            {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if best_epoch is not None else None)
+        _set_rng_state(state["rng"])
+        if state["loader_rng"] is not None:   # the shuffling continues where it stopped
+            if args.num_workers:   # persistent workers: their iterator's base seed is drawn once, at the
+                iter(dl["train"])  # first epoch; draw it as an uninterrupted run did, then set the state
+            dl["train"].generator.set_state(state["loader_rng"])
+        logger.info("%s: resumed from %s after %d of %d epochs", fold.name, last, start, epochs)
+        del state
+    elif pretrain:
+        save_last(0)   # a Ctrl-C from here on keeps the pre-training
+    shown = "" if select == "last" else "val " + (select or ("UA" if classes else "mean CCC"))
+    progress = Progress("train", epochs, len(train_ds), start=start, metric=shown)
+    for epoch in range(start, epochs):
+        if stopped:
+            break
         hook = _hook(model, module, "on_epoch_start")
         if hook:
             hook(epoch)
-        train_loss = train_epoch(model, module, dl["train"], opt, device, args.precision, scaler)
+        seen = {}
+        train_loss = train_epoch(model, module, dl["train"], opt, device, args.precision, scaler, stats=seen)
         pv = predict(model, module, dl["val"], device, args.precision) if "val" in dl else None
         val_metric = _val_metric(score(pv, n_classes=len(classes)), select) if pv else float("nan")
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": pv["loss"] if pv else float("nan"),
-                        "val_metric": val_metric})
-        logger.info("%s epoch %d: train loss %.4f, validation loss %.4f, metric %.4f", fold.name, epoch,
-                    train_loss, history[-1]["val_loss"], val_metric)
-        if select == "last" or history[-1]["val_metric"] > best or best_state is None:   # (NaN never compares greater)
-            best, bad = history[-1]["val_metric"], 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            best_epoch = epoch
-        else:
-            bad += 1
-            if patience is not None and bad >= patience:
-                break
+        with _DeferSigint():   # the epoch's record and its checkpoint: both, or (Ctrl-C before) neither
+            history.append({"epoch": epoch, "train_loss": train_loss,
+                            "val_loss": pv["loss"] if pv else float("nan"), "val_metric": val_metric})
+            progress.epoch(loss=train_loss, val_loss=history[-1]["val_loss"], metric=val_metric,
+                           samples=seen["samples"])
+            if select == "last" or history[-1]["val_metric"] > best or best_state is None:   # (NaN is never greater)
+                best, bad = history[-1]["val_metric"], 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best_epoch = epoch
+            else:
+                bad += 1
+                stopped = patience is not None and bad >= patience
+            if every and (stopped or (epoch + 1) % every == 0 or epoch + 1 == epochs):
+                save_last(epoch + 1)
     model.load_state_dict(best_state)
 
     clf, extra = None, {}
@@ -384,7 +544,10 @@ def train_fold(args, table, fold, out_dir) -> dict:
         ptr = predict(model, module, dl_train_eval, device, args.precision)
         clips, X = pool(ptr["clip"], ptr["embedding"])
         y = ptr["label"][np.unique(ptr["clip"], return_index=True)[1]]
-        clf = model.clip_classifier().fit(X, y)
+        clf = model.clip_classifier()
+        svm = Progress("svm", 1, len(y), metric="training accuracy")
+        clf.fit(X, y)
+        svm.epoch(metric=float(np.mean(clf.predict(X) == y)))
         extra["clip_train"] = {"X": torch.as_tensor(X, dtype=torch.float32), "y": torch.as_tensor(y)}
     pt = predict(model, module, dl["test"], device, args.precision)
     test = score(pt, n_classes=len(classes), clf=clf)
@@ -413,6 +576,8 @@ def train_fold(args, table, fold, out_dir) -> dict:
               "seconds": time.time() - t0, "config": dataclasses.asdict(cfg), "pictures": pics}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1, default=float)
+    if os.path.exists(last):   # the fold is complete: checkpoint.pt and results.json replace it
+        os.remove(last)
     return result
 
 
@@ -435,7 +600,21 @@ def parse_args(argv=None):
     p.add_argument("--groups", type=int, help="LOGSO speaker groups")
     p.add_argument("--folds", type=int, help="k-fold folds")
     p.add_argument("--fold", type=int, action="append", help="run only this fold (repeatable); default all")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default: the config's)")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="epochs of the main phase (the whole model, or the fusion after a pre-training), at most "
+                        "(default: the config's `epochs`, else 50); the pre-training is bounded by --net-epochs")
+    p.add_argument("--net-epochs", type=int, metavar="N",
+                   help="epochs of every pre-training phase, each: AVEF's audio- and visual-net (net_epochs, paper "
+                        "500) and each RBM (rbm_epochs); ACLSTM's extractors (pretrain_epochs) and NTN (ntn_epochs); "
+                        "SincNet+text's two networks and DLSTM's unimodal ones (pretrain_epochs, DLSTM with "
+                        "pretrain_unimodal=true); a --set FIELD=... of one of them wins")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each fold from its <fold>/last.pt (written after every epoch, and after the "
+                        "pre-training; removed when the fold completes), without pre-training again; a fold with "
+                        "results.json and no last.pt is complete and skipped; the same options as the first run")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="write <fold>/last.pt every N epochs (and at the last); 0: never (no --resume). "
+                        "Ctrl-C exits with status 130 and leaves the last one whole")
     p.add_argument("--patience", type=int, help="early stopping: epochs without a better validation figure "
                                                 "(default: the paper's; AVEF trains all its epochs, the others 10)")
     p.add_argument("--batch-size", type=int)
@@ -496,6 +675,8 @@ def main(argv=None) -> dict:
     proto_dir = os.path.join(args.out, args.model, args.dataset, protocol["name"])
     if args.repeats < 1:
         raise SystemExit(f"--repeats {args.repeats}: give 1 or more")
+    if args.checkpoint_every < 0 or (args.net_epochs is not None and args.net_epochs < 0):
+        raise SystemExit("--checkpoint-every and --net-epochs take 0 or more")
     results = []
     for k in chosen:
         if not 0 <= k < len(folds):
@@ -504,7 +685,17 @@ def main(argv=None) -> dict:
             run = copy.copy(args)
             run.seed = seed
             out_dir = os.path.join(proto_dir, folds[k].name, *([f"seed-{seed}"] if args.repeats > 1 else []))
-            r = train_fold(run, table, folds[k], out_dir)
+            done = os.path.join(out_dir, "results.json")
+            if args.resume and os.path.exists(done) and not os.path.exists(os.path.join(out_dir, LAST)):
+                logger.info("%s seed %d: complete, %s kept (--resume)", folds[k].name, seed, done)
+                with open(done) as f:
+                    r = json.load(f)
+            else:
+                try:
+                    with context(folds[k].name + (f" seed {seed}" if args.repeats > 1 else "")):
+                        r = train_fold(run, table, folds[k], out_dir)
+                except KeyboardInterrupt:
+                    raise Interrupted(interrupted_message(out_dir, folds[k].name)) from None
             r["seed"] = seed
             shown = ("WA", "UA", "F1", "CCC_valence", "CCC_arousal", "CCC_valence_pooled", "CCC_arousal_pooled")
             logger.info("%s seed %d: %s", folds[k].name, seed, {m: r[m] for m in shown if m in r})
@@ -531,12 +722,16 @@ def cli(argv=None) -> int:
     """``python -m models.train``: a mistake in the arguments, the shards or the targets (ValueError,
     a missing file), a shard of another build or one that cannot be read (``ShardError``, also from
     a DataLoader worker; the store's ``CorruptShard``; an HDF5 OSError: issue 19 item 5) prints its
-    message and exits with status 2, without a traceback."""
+    message and exits with status 2, without a traceback. Ctrl-C (KeyboardInterrupt) says where the
+    fold's last checkpoint is and exits with status 130 (128 + SIGINT), as a shell does."""
     try:
         main(argv)
     except (ValueError, OSError, ShardError) as err:
         print(f"models.train: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        print(f"models.train: {err or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
 
 

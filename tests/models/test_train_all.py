@@ -72,7 +72,9 @@ def test_trains_end_to_end(case, full_store, va_store, tmp_path):
     # results.json: what main returned, metrics in range, 2 epochs of finite losses
     stored = json.load(open(fold / "results.json"))
     assert stored["fold"] == r["fold"] == "loso-s1" and stored["epochs_run"] == 2
-    assert all(np.isfinite([h["train_loss"], h["val_loss"]]).all() for h in stored["history"])
+    assert all(np.isfinite(h["train_loss"]) for h in stored["history"])
+    # AVEF keeps its last epoch (Table 3) and trains on every training speaker: no validation part
+    assert all(np.isfinite(h["val_loss"]) != (model == "avef") for h in stored["history"])
     assert stored["items"]["train"] > 0 and stored["items"]["test"] > 0
     assert set(stored["speakers"]["test"]) == {"s1"}
     assert set(stored["speakers"]["test"]).isdisjoint(stored["speakers"]["train"] + stored["speakers"]["val"])
