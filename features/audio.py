@@ -6,7 +6,8 @@ Ma et al., "Audio-visual emotion fusion (AVEF)", Information Fusion 2019 (``shar
 
     MelSpectrogram_t = log(melbank(64) · |rfft(frame_t)|² + 0.01),   melbank over 0-8000 Hz,
 
-then first and second differentials (eq 2.2, N = 2) inside each 655 ms window (64 frames):
+with the samples in 16-bit PCM units (``logmel(scale=PCM16)``, x · 2^15; issue 18 item 2: see
+``logmel``), then first and second differentials (eq 2.2, N = 2) inside each 655 ms window (64 frames):
 
     d_t = Σ_{n=1..N} n (c_{t+n} − c_{t−n}) / (2 Σ_{n=1..N} n²).
 """
@@ -284,15 +285,37 @@ def n_frames(n_samples: int, *, sr: int, frame_ms: float = 25.0, hop_ms: float =
 LOGMEL_BLOCK = 4096
 
 
+#: The default sample scale of ``logmel``: samples in 16-bit PCM units (x · 2^15, full scale ±32768)
+#: instead of [−1, 1]. Eq 2.1 adds 0.01 "to prevent taking the logarithm for 0" and gives no scale;
+#: on a ±1 signal with the Slaney area-normalised filterbank (weights ≤ 0.021) the +0.01 exceeded
+#: the mel power of 93 % of the voiced (frame, band) cells of speech at −26 dBFS active speech
+#: level and of 100 % at −46 dBFS (issue 18 item 2). At 2^15 (the integer samples a 16-bit wav
+#: holds, e.g. as ``scipy.io.wavfile.read`` returns them) it exceeds < 1 % of them at −26, −46 and
+#: −56 dBFS on 16-bit speech (espeak-ng and the demo corpus, dithered to 16 bits; the level is the
+#: RMS over the VAD-voiced frames, an approximation of ITU-T P.56's active speech level;
+#: ``tests/features/test_audio.py::test_logmel_floor_binds_on_few_voiced_cells_at_pcm16_scale``).
+#: The floor then binds only where there is no signal: on digital silence, and in the lowest bands
+#: (< 400 Hz, where pre-emphasis takes 20-30 dB) of voiced-labelled frames that hold only the
+#: recording's noise floor: what the paper adds it for. A power of two, so the scaled values are
+#: exactly those of the samples multiplied by it. Un-normalised (peak-1) filters on the ±1 signal
+#: were measured too and do not suffice (61 % of the cells at −26 dBFS, 93 % at −46 dBFS).
+PCM16 = 32768.0
+
+
 def logmel(*, y: np.ndarray, sr: int, n_mels: int = 64, fmin: float = 0.0, fmax: float = 8000.0,
            frame_ms: float = 25.0, hop_ms: float = 10.0, n_fft: int | None = None,
-           floor: float = 0.01, block: int = LOGMEL_BLOCK) -> np.ndarray:
-    """Frame-level log-mel spectrum, AVEF eq 2.1: log(melbank · |rfft(hamming · frame)|² + floor).
+           floor: float = 0.01, scale: float = PCM16, block: int = LOGMEL_BLOCK) -> np.ndarray:
+    """Frame-level log-mel spectrum, AVEF eq 2.1: log(melbank · |rfft(hamming · scale · frame)|² + floor).
 
     Frames are ``frame_ms`` long every ``hop_ms`` with no padding (frame t covers samples
     [t·hop, t·hop + frame)); ``n_fft`` defaults to the frame length (the rfft of the frame itself);
     the window is the periodic Hamming window and the filterbank ``melbank`` (both equal to what
-    ``librosa.feature.melspectrogram(..., window="hamming", center=False)`` uses).
+    ``librosa.feature.melspectrogram(y=scale * y, ..., window="hamming", center=False)`` uses).
+
+    ``scale`` multiplies the samples (``y`` in [−1, 1]) before eq 2.1: ``PCM16`` = 32768 (default,
+    16-bit PCM units, see ``PCM16`` for the measurements) or 1.0, the scale used before issue 18
+    item 2 (the floor then binds on most cells of speech). It is folded into the window, so a power
+    of two changes no rounding: ``logmel(y=y, scale=s) == logmel(y=s * y, scale=1)`` exactly.
 
     The frames are processed ``block`` at a time (``LOGMEL_BLOCK``), each block read from ``y`` by
     slicing, so ``y`` may be any 1-D sequence that slices to arrays (an HDF5 dataset); the values
@@ -309,6 +332,9 @@ def logmel(*, y: np.ndarray, sr: int, n_mels: int = 64, fmin: float = 0.0, fmax:
         raise ParameterError(f"need 0 <= fmin < fmax, got fmin={fmin}, fmax={fmax}")
     if floor <= 0:
         raise ParameterError(f"the log floor must be positive (AVEF eq 2.1 uses 0.01), got {floor}")
+    if not (np.isfinite(scale) and scale > 0):
+        raise ParameterError(f"the sample scale must be positive and finite ({PCM16:.0f} = 16-bit PCM units, "
+                             f"1 = [-1, 1]), got {scale}")
     win, hop = frame_length(sr=sr, ms=frame_ms), frame_length(sr=sr, ms=hop_ms)
     n_fft = n_fft or win
     if n_fft < win:
@@ -321,7 +347,7 @@ def logmel(*, y: np.ndarray, sr: int, n_mels: int = 64, fmin: float = 0.0, fmax:
     if n < win:
         raise ClipError("too_short", f"{n} samples is shorter than one {frame_ms} ms frame")
     total = 1 + (n - win) // hop
-    window = hamming(win)
+    window = hamming(win) * float(scale)  # float64: the frames' FFT is complex128
     bank = melbank(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).T
     S = np.empty((total, n_mels), dtype=np.float32)
     for a in range(0, total, block):
@@ -333,11 +359,32 @@ def logmel(*, y: np.ndarray, sr: int, n_mels: int = 64, fmin: float = 0.0, fmax:
     return S
 
 
+def floor_fraction(S: np.ndarray, voiced: np.ndarray, *, floor: float = 0.01) -> float:
+    """The fraction of the (frame, band) cells of the voiced frames where eq 2.1's floor binds: the
+    mel power is below ``floor`` (so the stored log(power + floor) < log(2 · floor), the test made
+    on ``S``). NaN when no frame is voiced. ``S``: (n_frames, n_mels) from ``logmel``; ``voiced``:
+    (n_frames,) 0/1 (``features.segments.frame_weights``). Issue 18 item 2: 82-97 % of the demo's
+    voiced cells at the old ±1 scale, 3.8-9.2 % at ``PCM16`` (nearly all in frames of digital
+    silence that the VAD counts as voiced: espeak's pauses)."""
+    v = np.asarray(voiced).astype(bool)
+    if len(v) != len(S):
+        raise ParameterError(f"{len(v)} voiced weights for {len(S)} log-mel frames")
+    if not v.any():
+        return float("nan")
+    return float(np.mean(np.asarray(S)[v] < np.float32(np.log(2.0 * floor))))
+
+
 @functools.lru_cache(maxsize=8)
 def hamming(n: int) -> np.ndarray:
     """The periodic Hamming window of ``n`` samples (``scipy.signal.get_window("hamming", n)``, as
-    librosa's STFT uses it): 0.54 − 0.46·cos(2πk/n), k = 0..n−1."""
-    return (0.54 - 0.46 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
+    librosa's STFT uses it): 0.54 − 0.46·cos(2πk/n), k = 0..n−1, float64 (read-only).
+
+    float64, and so the frames' FFT too: with a float32 window the cells 50 dB or more below their
+    frame's loudest band differed from librosa's by up to 1e-4 in the log, which the +0.01 floor
+    hid at the old ±1 scale and no longer hides at ``PCM16`` (issue 18 item 2); now ≤ 2e-6."""
+    w = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(n) / n)
+    w.flags.writeable = False
+    return w
 
 
 def _hz_to_mel(f):

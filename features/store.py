@@ -9,9 +9,17 @@ Layout of a shard (``h5ls -r`` output is in README.md)::
 
     /clips/{id, status, reason, label, speaker, transcript, source, source_sha256,
             orig_sr, n_channels, duration_s, video_status, video_reason, fps, width, height,
-            rotation}                                one row per clip; status "ok" or a code
+            rotation, logmel_floor_fraction}         one row per clip; status "ok" or a code;
+                                                     logmel_floor_fraction (float32): the fraction
+                                                     of the clip's voiced (frame, band) cells of
+                                                     frames/logmel where eq 2.1's +0.01 binds (mel
+                                                     power < 0.01), NaN for a failed clip (issue 18
+                                                     item 2; > 0.5 is named in the build summary)
     /vad/{weight, offsets}                           one 0/1 weight per 10 ms
-    /frames/{logmel (F, 64) float32, voiced, offsets}  one row per 25 ms frame, 10 ms hop
+    /frames/{logmel (F, 64) float32, voiced, offsets}  one row per 25 ms frame, 10 ms hop; logmel =
+                                                     AVEF eq 2.1 on the samples in 16-bit PCM units
+                                                     ([LogMel] signal_scale = 32768; 1 before issue
+                                                     18 item 2, LogMel CODE_VERSION 3)
     /units/{t_begin, t_end, kind, offsets}           prosodic units (features.prosody)
     /windows/{clip, unit, frames (W, 64), t_begin, t_end, weight, contiguous, offsets,
               video_frames (W, 16), video_ok, video_reason}

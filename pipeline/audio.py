@@ -438,12 +438,16 @@ class Prosody(BatchTask):
 
 
 class LogMel(BatchTask):
-    """Frame-level log-mel spectrum, AVEF eq 2.1 (``features.audio.logmel``)."""
+    """Frame-level log-mel spectrum, AVEF eq 2.1 (``features.audio.logmel``), with the samples in
+    16-bit PCM units (``signal_scale``, issue 18 item 2: eq 2.1's +0.01 then binds on < 1 % of the
+    voiced cells of 16-bit speech at −26 and −46 dBFS, against 93-100 % on the ±1 scale). The Shard
+    stage stores the fraction of each clip's voiced cells where it binds (``floor_fractions``)."""
 
     STAGE = "logmel"
     # 2 (issue 19 item 11): frames in blocks of ``LOGMEL_BLOCK``; a clip longer than one block
-    # (41 s) may differ by BLAS rounding (≤ 1e-6) from the whole clip's single matrix product
-    CODE_VERSION = "2"
+    # (41 s) may differ by BLAS rounding (≤ 1e-6) from the whole clip's single matrix product.
+    # 3 (issue 18 item 2): samples × ``signal_scale`` (32768) before eq 2.1: every value changes
+    CODE_VERSION = "3"
     n_mels = luigi.IntParameter(default=64, description="mel bands (AVEF: 64)")
     fmin = luigi.FloatParameter(default=0.0, description="lowest frequency, Hz")
     fmax = luigi.FloatParameter(default=8000.0, description="highest frequency, Hz (AVEF: 8000)")
@@ -451,6 +455,11 @@ class LogMel(BatchTask):
     hop_ms = luigi.FloatParameter(default=10.0, description="frame shift, ms (AVEF: 10)")
     n_fft = luigi.IntParameter(default=0, description="FFT size; 0 = the frame length")
     log_floor = luigi.FloatParameter(default=0.01, description="added before the log (AVEF eq 2.1: 0.01)")
+    signal_scale = luigi.FloatParameter(
+        default=32768.0,
+        description="the samples (in [-1, 1]) are multiplied by this before eq 2.1 (the paper gives no scale): "
+                    "32768 = 16-bit PCM units, where the +0.01 binds on < 1 %% of voiced cells of speech at "
+                    "-26 and -46 dBFS; 1 = the scale before issue 18 item 2, where it binds on 93-100 %%")
 
     def requires(self):
         return {"decode": self.clone(Decode)}
@@ -465,12 +474,33 @@ class LogMel(BatchTask):
             results, status, reason = self.per_clip(
                 lambda i, c: logmel(y=samples(i), sr=sr, n_mels=self.n_mels, fmin=self.fmin, fmax=self.fmax,
                                     frame_ms=self.frame_ms, hop_ms=self.hop_ms, n_fft=self.n_fft or None,
-                                    floor=self.log_floor),
+                                    floor=self.log_floor, scale=self.signal_scale),
                 dec["clips"]["status"], dec["clips"]["reason"])
         S, offsets = store.pack([r if r is not None else np.zeros((0, self.n_mels)) for r in results],
                                 dtype=np.float32, row_shape=(self.n_mels,))
         self.write({"clips": clip_table(self.clips(), status, reason),
                     "frames": {"logmel": S, "offsets": offsets}})
+
+    def floor_fractions(self, segment: luigi.Task, status) -> np.ndarray:
+        """Per clip, the fraction of the (frame, band) cells of its voiced frames (``frames/voiced``
+        of ``segment``'s output) where the log floor binds (``features.audio.floor_fraction``);
+        float32, NaN for a clip whose ``status`` is not "ok" or that has no voiced frame. Read a
+        clip at a time from this stage's output (issue 18 item 2; ``clips/logmel_floor_fraction``)."""
+        from features import store
+        from features.audio import floor_fraction
+
+        out = np.full(len(status), np.nan, dtype=np.float32)
+        voiced = store.read_group(segment.output().path, "frames", ["voiced"])["voiced"]
+        offsets = store.read_group(self.output().path, "frames", ["offsets"])["offsets"]
+        mel = store.Shard(self.output().path)  # a clip's rows of frames/logmel at a time
+        try:
+            for i, s in enumerate(status):
+                a, b = int(offsets[i]), int(offsets[i + 1])
+                if s == "ok" and b > a:
+                    out[i] = floor_fraction(mel.logmel(i), voiced[a:b], floor=self.log_floor)
+        finally:
+            mel.close()
+        return out
 
 
 class Segment(BatchTask):

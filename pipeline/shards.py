@@ -74,6 +74,8 @@ class Shard(BatchTask):
         ds = get_dataset(self.manifest, self.dataset)
         if ds.continuous_labels:  # issue 18 item 3: a changed series re-runs Shard only
             chain["continuous_labels"] = ds.series_digest([c.id for c in self.clips()])
+        if ds.segment_labels:  # issue 18 item 7: changed segment labels re-run Shard only
+            chain["segment_labels"] = ds.segment_digest([c.id for c in self.clips()])
         return chain
 
     def output(self):
@@ -97,11 +99,18 @@ class Shard(BatchTask):
             values = [dict(c.extra).get(column) for c in clips]
             if any(v is not None for v in values):
                 table[column] = np.array([v or "" for v in values], dtype=object)
+        # issue 18 item 2: the fraction of each clip's voiced (frame, band) cells where eq 2.1's floor binds
+        table["logmel_floor_fraction"] = inp["logmel"].floor_fractions(inp["segment"], table["status"])
         groups = {"clips": table}
         if ds.continuous_labels:  # issue 18 item 3: time-continuous valence/arousal per clip (/labels_t)
             from features.labels import labels_group
 
             groups["labels_t"] = labels_group(ds.continuous_series(), [c.id for c in clips])
+        if ds.segment_labels:  # issue 18 item 7: per-unit segment / modality labels, sound types (/unit_labels)
+            from pipeline.manifest import unit_labels_group
+
+            units = store.read_group(inp["prosody"].output().path, "units", ["t_begin", "t_end", "offsets"])
+            groups["unit_labels"] = unit_labels_group(ds.segment_rows(), [c.id for c in clips], units)
         if self.video:
             faces = read_input(inp["faces"], "video/shape49")
             table["video_status"], table["video_reason"] = faces["clips"]["status"], faces["clips"]["reason"]
@@ -137,20 +146,34 @@ class Shard(BatchTask):
                           explained_variance=pca["explained_variance"])
 
 
+#: A clip whose log-mel floor binds on more than this fraction of its voiced cells is named in the
+#: build summary (issue 18 item 2: its image is mostly the floor; the input level or
+#: ``[LogMel] signal_scale`` is wrong for it).
+FLOOR_WARN = 0.5
+
+
 def summarize(shard_paths: list[str]) -> dict:
-    """Counts over the shards: clips ok, clips failed by status, windows, and the paths."""
+    """Counts over the shards: clips ok, clips failed by status, windows, and the paths; the clips
+    whose log-mel floor binds on more than ``FLOOR_WARN`` of their voiced cells (``logmel_floored``,
+    [id, fraction] pairs, highest first) and the median of that fraction over the clips that have it
+    (``logmel_floor_median``; None for shards built before the column existed)."""
     from features import store
 
-    by_status, video, windows, failed = collections.Counter(), collections.Counter(), 0, []
+    by_status, video, windows, failed, floor = collections.Counter(), collections.Counter(), 0, [], []
     for path in shard_paths:
         clips = store.read_group(path, "clips")
         by_status.update(clips["status"].tolist())
         video.update(clips["video_status"].tolist() if "video_status" in clips else [])
         failed += [f"{i}: {r}" for i, s, r in zip(clips["id"], clips["status"], clips["reason"]) if s != "ok"]
         windows += len(store.read_group(path, "windows")["clip"])
+        if "logmel_floor_fraction" in clips:
+            floor += [(str(i), float(x)) for i, x in zip(clips["id"], clips["logmel_floor_fraction"]) if x == x]
     ok = by_status.pop("ok", 0)
+    floored = sorted(([i, round(x, 3)] for i, x in floor if x > FLOOR_WARN), key=lambda r: (-r[1], r[0]))
     return {"clips_ok": ok, "clips_failed": dict(sorted(by_status.items())), "windows": windows,
-            "video": dict(sorted(video.items())), "failed": failed, "shards": shard_paths}
+            "video": dict(sorted(video.items())), "failed": failed,
+            "logmel_floor_median": round(float(np.median([x for _, x in floor])), 4) if floor else None,
+            "logmel_floored": floored, "shards": shard_paths}
 
 
 def format_summary(dataset: str, s: dict, record: str) -> str:
@@ -159,6 +182,13 @@ def format_summary(dataset: str, s: dict, record: str) -> str:
     lines += [f"  failed {k}: {v}" for k, v in s["clips_failed"].items()]
     if s.get("video"):
         lines.append("  video: " + ", ".join(f"{v} {k}" for k, v in s["video"].items()))
+    floored = s.get("logmel_floored") or []
+    if floored:  # issue 18 item 2
+        named = ", ".join(f"{i} {x:.2f}" for i, x in floored[:10])
+        more = f" and {len(floored) - 10} more" if len(floored) > 10 else ""
+        lines.append(f"  log-mel floor binds on > {FLOOR_WARN * 100:.0f} % of voiced cells: {named}{more} "
+                     f"(median over the ok clips {s.get('logmel_floor_median')}); check the input level "
+                     f"or --LogMel-signal-scale (default 32768: 16-bit PCM units)")
     lines += [f"    {line}" for line in s["failed"][:20]]
     lines += [f"  shard {p}" for p in s["shards"]]
     lines.append(f"  build record {record}")

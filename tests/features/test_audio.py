@@ -38,7 +38,8 @@ def test_resample_keeps_a_tone_and_the_duration():
 
 
 def test_logmel_matches_eq_2_1_computed_directly():
-    """AVEF eq 2.1: log(melbank(64) · |rfft(hamming · frame)|² + 0.01), per 25 ms / 10 ms frame."""
+    """AVEF eq 2.1: log(melbank(64) · |rfft(hamming · frame)|² + 0.01), per 25 ms / 10 ms frame,
+    the frame in 16-bit PCM units (the default scale, issue 18 item 2)."""
     import librosa
 
     rng = np.random.default_rng(1)
@@ -50,7 +51,7 @@ def test_logmel_matches_eq_2_1_computed_directly():
     melbank = librosa.filters.mel(sr=sr, n_fft=win, n_mels=64, fmin=0.0, fmax=8000.0)
     window = scipy.signal.get_window("hamming", win, fftbins=True)
     for t in (0, 7, S.shape[0] - 1):
-        frame = y[t * hop: t * hop + win].astype(np.float64)
+        frame = 32768.0 * y[t * hop: t * hop + win].astype(np.float64)
         power = np.abs(np.fft.rfft(window * frame)) ** 2
         np.testing.assert_allclose(S[t], np.log(melbank @ power + 0.01), rtol=1e-4, atol=1e-4)
 
@@ -79,9 +80,89 @@ def test_front_end_equals_librosa():
                                rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(preemphasis(y, coef=0.97), librosa.effects.preemphasis(y, coef=0.97, zi=0.0),
                                rtol=1e-6, atol=1e-7)
-    M = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=400, hop_length=160, win_length=400, window="hamming",
-                                       center=False, power=2.0, n_mels=64, fmin=0.0, fmax=8000.0)
+    M = librosa.feature.melspectrogram(y=32768 * y, sr=16000, n_fft=400, hop_length=160, win_length=400,
+                                       window="hamming", center=False, power=2.0, n_mels=64, fmin=0.0, fmax=8000.0)
     np.testing.assert_allclose(logmel(y=y, sr=16000), np.log(M + 0.01).T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [32768.0, 1.0])
+def test_logmel_equals_librosa_at_the_new_and_the_old_scale(speech_16k, scale):
+    """Issue 18 item 2: the default (samples × 32768, 16-bit PCM units) and the old scale (samples
+    in [−1, 1], ``scale=1``, ``--LogMel-signal-scale 1``) are both librosa's Slaney melspectrogram
+    (``htk=False, norm="slaney"``, its defaults) of the scaled samples, then log(· + 0.01)."""
+    import librosa
+
+    from features.audio import PCM16
+
+    y = preemphasis(speech_16k)
+    M = librosa.feature.melspectrogram(y=scale * y, sr=16000, n_fft=400, hop_length=160, win_length=400,
+                                       window="hamming", center=False, power=2.0, n_mels=64, fmin=0.0,
+                                       fmax=8000.0, htk=False, norm="slaney")
+    S = logmel(y=y, sr=16000, scale=scale)
+    np.testing.assert_allclose(S, np.log(M + 0.01).T, rtol=0, atol=1e-5)  # measured: ≤ 1.9e-6
+    if scale == PCM16:
+        np.testing.assert_array_equal(S, logmel(y=y, sr=16000))  # the default
+        # a power of two folded into the window: exactly the log-mel of the multiplied samples
+        np.testing.assert_array_equal(S, logmel(y=y * np.float32(scale), sr=16000, scale=1.0))
+
+
+def speech_at(y, dbfs, voiced, *, dither=True, seed=0):
+    """``y`` scaled to an active speech level of ``dbfs`` and, with ``dither``, recorded at 16 bits
+    (TPDF dither of ±1 LSB, rounded to int16): the noise floor of any 16-bit recording.
+
+    The level is the RMS of the samples of the VAD-voiced 25 ms frames (``voiced``) in dB re full
+    scale (a ±1 square wave = 0 dB, ITU-T P.56's dBov): an approximation of P.56's active speech
+    level (no P.56 implementation is installed; P.56 gates on an envelope with 200 ms hangover)."""
+    frames = np.lib.stride_tricks.sliding_window_view(y.astype(np.float64), 400)[::160][:len(voiced)]
+    level = 10 * np.log10(np.mean(frames[voiced.astype(bool)] ** 2))
+    x = y.astype(np.float64) * 10 ** ((dbfs - level) / 20)
+    if dither:
+        rng = np.random.default_rng(seed)
+        x = np.round(x * 32768 + rng.uniform(-0.5, 0.5, x.shape) + rng.uniform(-0.5, 0.5, x.shape)) / 32768
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("dbfs", [-26.0, -46.0])
+def test_logmel_floor_binds_on_few_voiced_cells_at_pcm16_scale(speech_16k, dbfs):
+    """Issue 18 item 2, measured on espeak-ng speech (``speech_16k``) through the pipeline's chain
+    (pre-emphasis 0.97, VAD voiced frames, eq 2.1): the fraction of voiced (frame, band) cells
+    whose mel power is below the +0.01 floor.
+
+    16-bit speech (dithered): new default 0.76 % at −26 dBFS, 0.83 % at −46 dBFS (0.89 % at −56;
+    the lowest bands, < 400 Hz, of voiced-labelled frames that hold only the dither); old ±1 scale
+    93.4 % and 100 %. espeak's own output has digital zeros in its pauses, 6.8-7.2 % of the
+    VAD-voiced frames: there the floor binds in every band at any scale (7.1 % and 7.8 % of the
+    cells in all), and on 0.34 % and 0.71 % of the cells of the other voiced frames."""
+    from features.audio import floor_fraction
+    from features.segments import frame_weights
+    from features.vad import vad_weights
+
+    n = 1 + (len(speech_16k) - 400) // 160
+    voiced = frame_weights(vad_weights(y=preemphasis(speech_16k), sr=16000), n_frames=n)
+    assert 400 < voiced.sum() < n
+    y = preemphasis(speech_at(speech_16k, dbfs, voiced))
+    new, old = logmel(y=y, sr=16000), logmel(y=y, sr=16000, scale=1.0)
+    assert floor_fraction(new, voiced) < 0.02
+    assert floor_fraction(old, voiced) > 0.9
+    # without a noise floor: the floor binds in the digitally silent frames, rarely elsewhere
+    z = preemphasis(speech_at(speech_16k, dbfs, voiced, dither=False))
+    S = logmel(y=z, sr=16000)
+    silent = S.max(axis=1) < np.log(0.02)  # every band floored: a frame of (digital) silence
+    assert 0.05 < floor_fraction(S, voiced) < 0.1
+    assert floor_fraction(S[~silent], voiced[~silent]) < 0.02
+
+
+def test_floor_fraction_counts_voiced_cells_below_the_floor():
+    from features.audio import floor_fraction
+
+    S = np.log(np.array([[0.0, 0.0099], [0.0101, 5.0], [0.0, 0.0]]) + 0.01).astype(np.float32)
+    assert floor_fraction(S, np.array([1, 1, 0])) == 0.5
+    assert floor_fraction(S, np.array([0, 0, 1])) == 1.0
+    half = np.log(np.array([[0.0], [0.0049], [0.0051]]) + 0.005).astype(np.float32)
+    assert floor_fraction(half, np.ones(3), floor=0.005) == 2 / 3
+    assert np.isnan(floor_fraction(S, np.zeros(3)))
+    with pytest.raises(ParameterError, match="voiced weights"):
+        floor_fraction(S, np.ones(2))
 
 
 def test_the_audio_chain_does_not_import_librosa_or_scipy():
@@ -104,7 +185,8 @@ def test_logmel_of_silence_is_log_of_the_floor():
 
 @pytest.mark.parametrize("kwargs, rule", [
     ({"fmax": 9000.0}, "Nyquist"), ({"fmin": 8000.0}, "fmin < fmax"), ({"floor": 0.0}, "positive"),
-    ({"frame_ms": 25.03}, "whole number"), ({"n_fft": 100}, "shorter"),
+    ({"frame_ms": 25.03}, "whole number"), ({"n_fft": 100}, "shorter"), ({"scale": 0.0}, "scale"),
+    ({"scale": float("inf")}, "scale"),
 ])
 def test_logmel_parameter_rules(kwargs, rule):
     with pytest.raises(ParameterError, match=rule):
