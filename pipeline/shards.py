@@ -81,6 +81,20 @@ class Shard(BatchTask):
     def output(self):
         return StoreTarget(os.path.join(self.stage_dir(), f"shard-{self.batch:04d}.h5"))
 
+    def complete(self) -> bool:
+        """The shard is intact and so is every stage output it was assembled from that is here
+        (size and mtime against its ``stage.json``, else its sha256): a damaged intermediate under
+        an intact shard makes the shard's task run, and with it the stage that computes the
+        intermediate again (issue 19 item 4). Inputs that are not here (a shard pulled from a
+        remote) are not looked for."""
+        if not super().complete():
+            return False
+        damaged = [t.output().path for t in self.inputs().values()
+                   if os.path.exists(t.output().path) and not t.output_intact()]
+        for path in damaged:
+            logger.warning("%s does not match its stage.json; computing it and %s again", path, self.output().path)
+        return not damaged
+
     def run(self):
         from features import store
 
@@ -238,9 +252,10 @@ class BuildShards(luigi.Task):
         problems = record_problems(self.store, record, trust_stat=True)
         for rel, why in problems:
             logger.warning("%s: %s; building it again", os.path.join(self.store, rel), why)
-        if not problems:
-            self._note_mtimes(record)
-        return not problems
+        if problems or not all(t.complete() for t in self.requires()):  # also their stage outputs
+            return False
+        self._note_mtimes(record)
+        return True
 
     def _note_mtimes(self, record: dict) -> None:
         """Shards whose sha256 was read because their mtime is not the recorded one (a pulled

@@ -107,6 +107,18 @@ def test_a_damaged_stage_output_is_computed_again_before_its_shard(store_copy, d
     same_as_reference(store_copy, demo_store)
 
 
+@pytest.mark.parametrize("stage", ["logmel", "segment"])
+def test_a_damaged_stage_output_under_an_intact_shard_is_computed_again(store_copy, demo_store, stage):
+    """verify names it; the next build recomputes it (and reassembles its shard, equal as before)."""
+    path = outputs(store_copy, stage)[0]
+    flip_byte(path)
+    assert any(path in rel or rel in path for rel, _ in catalog.verify(str(store_copy)))
+    assert build(store_copy) == sorted(["BuildShards", "Shard", {"logmel": "LogMel", "segment": "Segment"}[stage]])
+    assert catalog.verify(str(store_copy)) == []
+    same_as_reference(store_copy, demo_store)
+    assert build(store_copy) == []   # and then nothing to do
+
+
 def test_a_shard_never_copies_an_input_whose_sha256_changed(store_copy, demo_store):
     """A byte changed with the mtime put back: complete() trusts size + mtime, Shard.run does not."""
     logmel = outputs(store_copy, "logmel")[0]
