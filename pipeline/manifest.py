@@ -531,22 +531,33 @@ def _number(row: dict, column: str, where: str, line: int, *, low: float | None 
     return value
 
 
-@functools.lru_cache(maxsize=4)
-def _continuous_cached(ds: Dataset, mtime: int, root: str, clip_ids: tuple) -> dict[str, tuple]:
-    """The ``continuous_labels`` file read and checked (module docstring); errors name the line."""
-    path = os.path.join(root, ds.continuous_labels)
-    where = f"{ds.manifest}: dataset {ds.name!r}: field 'continuous_labels' ({path})"
+def _clip_rows(ds: Dataset, field: str, root: str, clip_ids: tuple, required: tuple):
+    """``(where, rows)`` of a per-clip labels file named by the dataset's ``field``: the file inside
+    the root, every row's ``clip_id`` a clip of the labels CSV; ``rows`` yields (line, clip_id, row)."""
+    path = os.path.join(root, getattr(ds, field))
+    where = f"{ds.manifest}: dataset {ds.name!r}: field {field!r} ({path})"
     if not inside(path, root):
         raise ManifestError(f"{where}: leads to {os.path.realpath(path)}, outside the root {root}")
     known = set(clip_ids)
+
+    def rows():
+        for line, row in _label_rows(path, where, required):
+            cid = (row["clip_id"] or "").strip()
+            if cid not in known:
+                what = "is not a clip of the labels CSV" if _CLIP_ID.fullmatch(cid) else \
+                    "must be letters, digits, '.', '_' or '-' (no path separators)"
+                raise ManifestError(f"{where}: line {line}: column 'clip_id': {shown(cid)} {what} ({ds.labels})")
+            yield line, cid, row
+    return where, rows()
+
+
+@functools.lru_cache(maxsize=4)
+def _continuous_cached(ds: Dataset, mtime: int, root: str, clip_ids: tuple) -> dict[str, tuple]:
+    """The ``continuous_labels`` file read and checked (module docstring); errors name the line."""
+    where, lines = _clip_rows(ds, "continuous_labels", root, clip_ids, CONTINUOUS_COLUMNS)
     rows: dict[str, list] = {}
     first: dict[str, int] = {}
-    for line, row in _label_rows(path, where, CONTINUOUS_COLUMNS):
-        cid = (row["clip_id"] or "").strip()
-        if cid not in known:
-            what = "is not a clip of the labels CSV" if _CLIP_ID.fullmatch(cid) else \
-                "must be letters, digits, '.', '_' or '-' (no path separators)"
-            raise ManifestError(f"{where}: line {line}: column 'clip_id': {shown(cid)} {what} ({ds.labels})")
+    for line, cid, row in lines:
         t = _number(row, "time", where, line, low=0.0)
         if cid in rows and t <= rows[cid][-1][0]:
             raise ManifestError(f"{where}: line {line}: column 'time': {t:g} s is not after the previous time "
@@ -568,24 +579,15 @@ def _continuous_cached(ds: Dataset, mtime: int, root: str, clip_ids: tuple) -> d
 @functools.lru_cache(maxsize=4)
 def _segments_cached(ds: Dataset, mtime: int, root: str, clip_ids: tuple) -> dict[str, tuple]:
     """The ``segment_labels`` file read and checked (module docstring); errors name the line and column."""
-    path = os.path.join(root, ds.segment_labels)
-    where = f"{ds.manifest}: dataset {ds.name!r}: field 'segment_labels' ({path})"
-    if not inside(path, root):
-        raise ManifestError(f"{where}: leads to {os.path.realpath(path)}, outside the root {root}")
-    known = set(clip_ids)
+    where, lines = _clip_rows(ds, "segment_labels", root, clip_ids, SEGMENT_COLUMNS)
     rows: dict[str, list] = {}
     columns = None
-    for line, row in _label_rows(path, where, SEGMENT_COLUMNS):
+    for line, cid, row in lines:
         if columns is None:
             columns = [c for c in SEGMENT_LABEL_COLUMNS if c in row]
             if not columns:
                 raise ManifestError(f"{where}: line 1: no label column; give at least one of "
                                     f"{', '.join(SEGMENT_LABEL_COLUMNS)}, the header is {shown(list(row))}")
-        cid = (row["clip_id"] or "").strip()
-        if cid not in known:
-            what = "is not a clip of the labels CSV" if _CLIP_ID.fullmatch(cid) else \
-                "must be letters, digits, '.', '_' or '-' (no path separators)"
-            raise ManifestError(f"{where}: line {line}: column 'clip_id': {shown(cid)} {what} ({ds.labels})")
         t0 = _number(row, "t_begin", where, line, low=0.0)
         t1 = _number(row, "t_end", where, line, low=0.0)
         if t1 <= t0:
