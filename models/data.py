@@ -51,7 +51,7 @@ import glob
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -324,6 +324,20 @@ class ClipTable:
     def usable(self) -> np.ndarray:
         """Clips with status ``ok`` and at least one window."""
         return (self.status == "ok") & (self.n_windows > 0)
+
+
+def label_subset(table: ClipTable, labels) -> ClipTable:
+    """``table`` with only the clips labelled one of ``labels`` usable (the others get status
+    ``excluded_label``) and ``labels`` as its label set: e.g. AVEF's six basic emotions (BAUM-1s,
+    AVEF §3) out of BAUM-1's seven, ``--labels anger,disgust,fear,happiness,sadness,surprise``."""
+    labels = list(dict.fromkeys(labels))
+    known = list(table.manifest.get("label_set") or sorted(set(table.label)))
+    unknown = [x for x in labels if x not in known]
+    if unknown or not labels:
+        raise ParameterError(f"--labels {','.join(labels)}: {unknown or 'no label'} not in the dataset's label set "
+                             f"{known}")
+    status = np.where(np.isin(table.label, labels), table.status, "excluded_label").astype(object)
+    return replace(table, status=status, manifest={**table.manifest, "label_set": labels})
 
 
 def _floats(values) -> np.ndarray:

@@ -37,7 +37,7 @@ import torch
 import models
 from features.errors import ShardError
 from models import metrics, plots
-from models.data import ShardDataset, clip_table, find_shards, fit_norm, loader
+from models.data import ShardDataset, clip_table, find_shards, fit_norm, label_subset, loader
 from models.progress import Progress, context
 from models.protocols import dataset_protocol, fit_pca_basis, make_folds
 
@@ -620,6 +620,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int)
     p.add_argument("--store", default="store")
     p.add_argument("--build", help="build record digest (default: the newest)")
+    p.add_argument("--labels", metavar="A,B,...",
+                   help="train and test on the clips of these labels only, in this class order (e.g. AVEF's six basic "
+                        "emotions of BAUM-1s: anger,disgust,fear,happiness,sadness,surprise)")
     p.add_argument("--out", default="runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, metavar="N",
@@ -662,6 +665,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     table = clip_table(find_shards(args.store, args.dataset, build=args.build))
+    if args.labels:
+        table = label_subset(table, args.labels.split(","))
     protocol = dataset_protocol(table, args.protocol)
     if args.groups:
         protocol["groups"] = args.groups

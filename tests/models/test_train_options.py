@@ -26,3 +26,20 @@ def test_model_selection_follows_each_paper():
     res = {"WA": 0.7, "UA": 0.5}
     assert train._val_metric(res, "WA") == 0.7 and train._val_metric(res) == 0.5
     assert train._val_metric({"CCC_valence": 0.2, "CCC_arousal": 0.4}) == pytest.approx(0.3)
+
+
+def test_a_label_subset_keeps_only_its_clips_and_sets_the_classes():
+    """baum1 has seven classes; AVEF used BAUM-1s's six basic emotions (issue 18 item 8)."""
+    from features.errors import ParameterError
+    from models.data import label_subset
+    from tests.models.test_protocols import fake_table
+
+    t = fake_table()                     # labels a, b alternating; the last clip not ok
+    sub = label_subset(t, ["b"])
+    assert sub.manifest["label_set"] == ["b"] and t.manifest["label_set"] == ["a", "b"]
+    assert set(sub.label[sub.usable]) == {"b"} and sub.usable.sum() == (t.usable & (t.label == "b")).sum()
+    assert set(sub.status[t.label == "a"]) == {"excluded_label"}
+    assert train.classes_of(models.load("perception"), models.load("perception").CONFIG(), sub.manifest["label_set"])[0] == ["b"]
+    with pytest.raises(ParameterError, match="not in the dataset's label set"):
+        label_subset(t, ["a", "neutral"])
+    assert train.parse_args(["--model", "avef", "--dataset", "baum1", "--labels", "a,b"]).labels == "a,b"
