@@ -191,27 +191,24 @@ class Dataset:
         """``{clip id: (time (n,) float64 s, valence (n,) float32, arousal (n,) float32)}`` from the
         ``continuous_labels`` file, validated (one ``ManifestError`` naming the file, the line and
         the column); ``None`` when the dataset names no such file."""
-        if self.continuous_labels is None:
-            return None
-        root = self.root_dir
-        path = os.path.join(root, self.continuous_labels)
-        if not os.path.isfile(path):
-            raise ManifestError(f"{self.manifest}: dataset {self.name!r}: field 'continuous_labels': "
-                                f"no such file {path}")
-        return _continuous_cached(self, os.stat(path).st_mtime_ns, root, tuple(c.id for c in self.list_clips()))
+        return self._label_file("continuous_labels", _continuous_cached)
 
     def segment_rows(self) -> dict[str, tuple] | None:
         """``{clip id: (spans (n, 2) float64 s, {column: (n,) str})}`` from the ``segment_labels``
         file (the label columns it has), validated (one ``ManifestError`` naming the file, the line
         and the column); ``None`` when the dataset names no such file."""
-        if self.segment_labels is None:
+        return self._label_file("segment_labels", _segments_cached)
+
+    def _label_file(self, field: str, read):
+        """``read(self, mtime, root, clip ids)`` of the per-clip labels file named by ``field``
+        (cached by its mtime), or ``None`` when the dataset names none."""
+        if getattr(self, field) is None:
             return None
         root = self.root_dir
-        path = os.path.join(root, self.segment_labels)
+        path = os.path.join(root, getattr(self, field))
         if not os.path.isfile(path):
-            raise ManifestError(f"{self.manifest}: dataset {self.name!r}: field 'segment_labels': "
-                                f"no such file {path}")
-        return _segments_cached(self, os.stat(path).st_mtime_ns, root, tuple(c.id for c in self.list_clips()))
+            raise ManifestError(f"{self.manifest}: dataset {self.name!r}: field {field!r}: no such file {path}")
+        return read(self, os.stat(path).st_mtime_ns, root, tuple(c.id for c in self.list_clips()))
 
     def segment_digest(self, ids) -> str:
         """16 hex digits of the sha256 of the segment rows of the clips ``ids``."""

@@ -14,7 +14,7 @@ import hdf5plugin  # noqa: F401  (this process reads the Blosc source)
 import pytest
 
 from pipeline import catalog
-from pipeline.export import FILTER_IDS
+from features.store import FILTER_IDS
 from tests.conftest import ROOT, cli_env
 
 # A bare training host: these imports fail (hdf5plugin, and the pipeline with its decoders).
