@@ -1,5 +1,5 @@
 """Labels over time: time-continuous valence/arousal (Lucas §3, RECOLA) mapped to windows and to
-time grids, and the sound types of segments (Hsu & Wu §II).
+time grids, and segment labels matched to prosodic units with their sound types (Hsu & Wu §II).
 
 RECOLA annotates valence and arousal every 40 ms; a corpus may give any time step. A clip's
 series is ``time`` (n,) seconds, strictly increasing, n >= 2, and ``values`` (n,) or (n, d)
@@ -36,6 +36,8 @@ from features.errors import ParameterError
 
 #: the sound types of Hsu & Wu §II (the ACLSTM's sound-type CNN targets), in their index order
 SOUND_TYPES = ("laugh", "breath", "shout", "silence", "verbal")
+#: the label columns of a segment labels file (manifest ``segment_labels``; Hsu & Wu §II)
+SEGMENT_LABEL_COLUMNS = ("label", "audio_label", "visual_label", "sound_type")
 
 
 def _series(time, values) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -139,5 +141,43 @@ def labels_group(series: dict, ids) -> dict[str, np.ndarray]:
     out = {}
     for j, (name, dtype) in enumerate((("time", np.float64), ("valence", np.float32), ("arousal", np.float32))):
         out[name], offsets = pack([empty if r is None else r[j] for r in rows], dtype=dtype)
+    out["offsets"] = offsets
+    return out
+
+
+def unit_rows(spans: np.ndarray, t_begin: np.ndarray, t_end: np.ndarray) -> np.ndarray:
+    """The annotated segment (row of ``spans`` (n, 2) s) of each unit [t_begin, t_end): the row
+    that overlaps it most, when that overlap covers at least half the unit; else −1.
+    Returns (n_units,) int64."""
+    t_begin, t_end = np.asarray(t_begin, np.float64), np.asarray(t_end, np.float64)
+    out = np.full(len(t_begin), -1, dtype=np.int64)
+    spans = np.asarray(spans, np.float64).reshape(-1, 2)
+    if not len(spans) or not len(t_begin):
+        return out
+    overlap = np.clip(np.minimum(t_end[:, None], spans[None, :, 1]) -
+                      np.maximum(t_begin[:, None], spans[None, :, 0]), 0.0, None)   # (units, rows)
+    best = overlap.argmax(1)
+    enough = overlap[np.arange(len(best)), best] >= 0.5 * (t_end - t_begin) - 1e-9
+    out[enough & (overlap.max(1) > 0)] = best[enough & (overlap.max(1) > 0)]
+    return out
+
+
+def unit_labels_group(rows: dict, clip_ids, units: dict) -> dict[str, np.ndarray]:
+    """The shard's ``/unit_labels`` group: for every row of ``units`` (the ``/units`` group:
+    ``t_begin``, ``t_end``, ``offsets``) the ``label``, ``audio_label``, ``visual_label`` and
+    ``sound_type`` of its annotated segment (``unit_rows``; ``""`` when none or not annotated),
+    and ``offsets`` equal to the units' ones."""
+    offsets = np.asarray(units["offsets"], dtype=np.int64)
+    n = int(offsets[-1]) if len(offsets) else 0
+    out = {c: np.full(n, "", dtype=object) for c in SEGMENT_LABEL_COLUMNS}
+    for k, cid in enumerate(clip_ids):
+        if cid not in rows:
+            continue
+        spans, cols = rows[cid]
+        a, b = int(offsets[k]), int(offsets[k + 1])
+        pick = unit_rows(spans, units["t_begin"][a:b], units["t_end"][a:b])
+        hit = pick >= 0
+        for c, values in cols.items():
+            out[c][a:b][hit] = values[pick[hit]]
     out["offsets"] = offsets
     return out

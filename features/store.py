@@ -48,7 +48,7 @@ Layout of a shard (``h5ls -r`` output is in README.md)::
                                                      (same offsets), the audio-visual, audio-only,
                                                      visual-only emotion and the sound type of the
                                                      annotated segment that covers the unit
-                                                     (``pipeline.manifest.unit_rows``); "" = none
+                                                     (``features.labels.unit_rows``); "" = none
 
 Embeddings (``features.embeddings``, ``pipeline.embeddings``; each present only when its stage is
 enabled, ``Shard.has(name)`` tells)::

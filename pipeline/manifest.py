@@ -25,7 +25,7 @@ cell means "not annotated". Segments are given by time, not by unit index: an in
 point at another unit after a rebuild with other Prosody parameters, while times keep their
 meaning (annotators mark times; a list of the store's units to annotate comes from ``/units``).
 Each prosodic unit of the shard takes the row that overlaps it most, when that overlap covers at
-least half the unit (``unit_rows``); other units have no segment label (``""``).
+least half the unit (``features.labels.unit_rows``); other units have no segment label (``""``).
 
 Both files come from people, so they are bounded (DESIGN "Trust", issue 19 items 8 and 10): the
 manifest's size, nesting and alias expansion, the labels CSV's size and fields; every error is one
@@ -47,7 +47,7 @@ import reprlib
 import numpy as np
 import yaml
 
-from features.labels import SOUND_TYPES
+from features.labels import SEGMENT_LABEL_COLUMNS, SOUND_TYPES
 
 PROTOCOLS = ("loso", "logso", "kfold", "fixed")
 REQUIRED_COLUMNS = ("clip_id", "label", "speaker")
@@ -62,7 +62,6 @@ MAX_SHOWN = 200  # characters of a value quoted in an error
 MAX_PATH = 4096  # characters of the root, clips and labels fields (PATH_MAX)
 CONTINUOUS_COLUMNS = ("clip_id", "time", "valence", "arousal")
 SEGMENT_COLUMNS = ("clip_id", "t_begin", "t_end")
-SEGMENT_LABEL_COLUMNS = ("label", "audio_label", "visual_label", "sound_type")
 #: Hsu & Wu §II, in this order (the sound-type CNN's classes, ``models.aclstm``)
 
 
@@ -606,42 +605,4 @@ def _segments_cached(ds: Dataset, mtime: int, root: str, clip_ids: tuple) -> dic
     for cid, values in rows.items():
         spans = np.asarray([(a, b) for a, b, _ in values], dtype=np.float64)
         out[cid] = (spans, {c: np.asarray([v[2][j] for v in values], dtype=object) for j, c in enumerate(columns)})
-    return out
-
-
-def unit_rows(spans: np.ndarray, t_begin: np.ndarray, t_end: np.ndarray) -> np.ndarray:
-    """The annotated segment (row of ``spans`` (n, 2) s) of each unit [t_begin, t_end): the row
-    that overlaps it most, when that overlap covers at least half the unit; else −1.
-    Returns (n_units,) int64."""
-    t_begin, t_end = np.asarray(t_begin, np.float64), np.asarray(t_end, np.float64)
-    out = np.full(len(t_begin), -1, dtype=np.int64)
-    spans = np.asarray(spans, np.float64).reshape(-1, 2)
-    if not len(spans) or not len(t_begin):
-        return out
-    overlap = np.clip(np.minimum(t_end[:, None], spans[None, :, 1]) -
-                      np.maximum(t_begin[:, None], spans[None, :, 0]), 0.0, None)   # (units, rows)
-    best = overlap.argmax(1)
-    enough = overlap[np.arange(len(best)), best] >= 0.5 * (t_end - t_begin) - 1e-9
-    out[enough & (overlap.max(1) > 0)] = best[enough & (overlap.max(1) > 0)]
-    return out
-
-
-def unit_labels_group(rows: dict, clip_ids, units: dict) -> dict[str, np.ndarray]:
-    """The shard's ``/unit_labels`` group: for every row of ``units`` (the ``/units`` group:
-    ``t_begin``, ``t_end``, ``offsets``) the ``label``, ``audio_label``, ``visual_label`` and
-    ``sound_type`` of its annotated segment (``unit_rows``; ``""`` when none or not annotated),
-    and ``offsets`` equal to the units' ones."""
-    offsets = np.asarray(units["offsets"], dtype=np.int64)
-    n = int(offsets[-1]) if len(offsets) else 0
-    out = {c: np.full(n, "", dtype=object) for c in SEGMENT_LABEL_COLUMNS}
-    for k, cid in enumerate(clip_ids):
-        if cid not in rows:
-            continue
-        spans, cols = rows[cid]
-        a, b = int(offsets[k]), int(offsets[k + 1])
-        pick = unit_rows(spans, units["t_begin"][a:b], units["t_end"][a:b])
-        hit = pick >= 0
-        for c, values in cols.items():
-            out[c][a:b][hit] = values[pick[hit]]
-    out["offsets"] = offsets
     return out

@@ -121,7 +121,7 @@ class Shard(BatchTask):
 
             groups["labels_t"] = labels_group(ds.continuous_series(), [c.id for c in clips])
         if ds.segment_labels:  # issue 18 item 7: per-unit segment / modality labels, sound types (/unit_labels)
-            from pipeline.manifest import unit_labels_group
+            from features.labels import unit_labels_group
 
             units = store.read_group(inp["prosody"].output().path, "units", ["t_begin", "t_end", "offsets"])
             groups["unit_labels"] = unit_labels_group(ds.segment_rows(), [c.id for c in clips], units)

@@ -348,7 +348,7 @@ def test_a_segment_labels_file_gives_each_clip_its_annotated_segments(tmp_path):
 
 
 def test_units_take_the_segment_that_covers_most_of_them():
-    from pipeline.manifest import unit_labels_group, unit_rows
+    from features.labels import unit_labels_group, unit_rows
 
     spans = [[0.0, 0.5], [0.5, 0.8], [0.8, 1.2]]
     # units: inside row 0; 0.4-0.7 (0.1 in row 0, 0.2 in row 1); 1.1-1.5 (0.1 of 0.4 s: too little); 2-3 none
