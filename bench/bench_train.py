@@ -35,7 +35,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import models  # noqa: E402
-from models.data import ShardDataset, clip_table, find_shards, loader  # noqa: E402
+from models.data import ShardDataset, clip_table, collate, find_shards  # noqa: E402
+from models.resident import DATA_MODES, feed  # noqa: E402
 from models.train import autocast, classes_of, features_of, make_config  # noqa: E402
 
 SMALL = {"avef": dict(small_crops=True, audio_size=67, audio_channels=(16, 32, 32, 32, 32), visual_size=32,
@@ -105,7 +106,7 @@ class GPUUtilisation:
         return round(float(np.mean(self.samples)), 1) if self.samples else None
 
 
-def bench(name, table, *, device, paper, steps, workers, overrides=None) -> dict:
+def bench(name, table, *, device, paper, steps, workers, data="auto", overrides=None) -> dict:
     module = models.load(name)
     cfg = make_config(module, {**({} if paper else SMALL.get(name, {})), **(overrides or {})})
     if getattr(cfg, "task", None) == "regression" and not np.isfinite(table.valence).any():
@@ -119,9 +120,8 @@ def bench(name, table, *, device, paper, steps, workers, overrides=None) -> dict
     except ValueError as err:  # ParameterError: a feature is not in the shards
         return {"skipped": str(err)}
     bs = getattr(cfg, "batch_size", 16)
-    dl = loader(ds, batch_size=bs, shuffle=True, num_workers=workers, device=device)
 
-    def batches(n):
+    def batches(dl, n):
         k = 0
         while True:
             for b in dl:
@@ -130,11 +130,31 @@ def bench(name, table, *, device, paper, steps, workers, overrides=None) -> dict
                 if k >= n:
                     return
 
-    next(iter(dl))  # warm-up: workers started, files opened
-    t0, n = time.perf_counter(), 0
-    for b in batches(steps):
-        n += len(b["label"])
-    loader_rate = n / (time.perf_counter() - t0)
+    def rate(dl, fresh=False):
+        it = iter(dl) if fresh else None
+        if fresh:
+            next(it)   # warm-up: workers started, files opened
+        else:
+            next(iter(dl))
+        t0, n = time.perf_counter(), 0
+        for b in (it if fresh else batches(dl, steps)):
+            n += len(b["label"])
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        return round(n / (time.perf_counter() - t0), 1)
+
+    by_workers = {}   # the streaming loader's scaling with its worker processes: one iterator of
+    for w in workers:   # `steps` batches drawn with replacement, so the demo's short epochs do not cut it
+        sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(steps + 1) * bs)
+        dl = torch.utils.data.DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=w, collate_fn=collate,
+                                         pin_memory=str(device).startswith("cuda"))
+        by_workers[w] = rate(dl, fresh=True)
+        del dl
+    t0 = time.perf_counter()
+    dls, data_mode = feed({"train": ds}, batch_size=bs, num_workers=max(workers), device=device, data=data)
+    dl = dls["train"]
+    ready_s = time.perf_counter() - t0
+    loader_rate = rate(dl)
     model = module.MODEL(cfg).to(device)
     opt = model.configure_optimizer() if hasattr(model, "configure_optimizer") else torch.optim.Adam(model.parameters())
     model.train()
@@ -154,15 +174,17 @@ def bench(name, table, *, device, paper, steps, workers, overrides=None) -> dict
         torch.cuda.synchronize()
     t0, n = time.perf_counter(), 0
     with GPUUtilisation() as util:
-        for b in batches(steps):
+        for b in batches(dl, steps):
             n += step(b)
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
     step_rate = n / (time.perf_counter() - t0)
     return {"mode": module.MODE, "features": list(feats), "batch_size": bs, "items": len(ds),
             "params": sum(p.numel() for p in model.parameters()), "sizes": "paper" if paper or name not in SMALL else "small",
-            "loader_samples_per_s": round(loader_rate, 1), "train_samples_per_s": round(step_rate, 1),
-            "loader_bound": loader_rate < 2 * step_rate, "gpu_utilisation_percent": util.mean,
+            "stream_loader_samples_per_s_by_workers": by_workers, "data": data_mode,
+            "data_ready_s": round(ready_s, 2), "loader_samples_per_s": loader_rate,
+            "train_samples_per_s": round(step_rate, 1), "loader_to_step": round(loader_rate / step_rate, 1),
+            "gpu_utilisation_percent": util.mean,
             "overrides": overrides or {}}
 
 
@@ -171,24 +193,28 @@ def main():
     p.add_argument("--store", help="a store holding the demo shards (default: build them in a temporary folder)")
     p.add_argument("--paper", action="store_true", help="the published sizes also on a CPU")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", default="2", help="DataLoader workers of the streaming loader; a list (1,2,4,8) "
+                                                  "measures its scaling, the largest feeds the steps when streaming")
+    p.add_argument("--data", choices=DATA_MODES, default="auto",
+                   help="the data path of the timed steps (models.train --data): auto = resident on a GPU")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="*", default=None)
     p.add_argument("--set", action="append", default=[], metavar="MODEL.FIELD=VALUE",
                    help="a config override for one model, VALUE as JSON (e.g. avef.small_crops=true)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    workers = [int(w) for w in str(args.workers).split(",")]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     table = clip_table(find_shards(args.store or demo_store(), "demo"))
     names = args.models or list(models.available())
     out = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
-           "torch": torch.__version__, "threads": args.threads, "workers": args.workers, "steps": args.steps,
+           "torch": torch.__version__, "threads": args.threads, "workers": workers, "steps": args.steps,
            "models": {}, "not_importable": [m for m in models.MODELS if m not in models.available()]}
     for name in names:
         overrides = {k.split(".", 1)[1]: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)
                      if k.split(".", 1)[0] == name}
         out["models"][name] = bench(name, table, device=device, paper=args.paper or device == "cuda",
-                                    steps=args.steps, workers=args.workers, overrides=overrides)
+                                    steps=args.steps, workers=workers, data=args.data, overrides=overrides)
     print(json.dumps(out, indent=1))
 
 

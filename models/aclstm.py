@@ -43,7 +43,7 @@ Pipeline of §III (Fig. 1), one clip = a sequence of segments (prosodic units, �
   synthetic 4-class task (a coloured square per class on noise, 72 px, batches of 16, 60 steps)
   this VGG-19 from scratch stayed at chance at ``pretrain_lr`` = 1e-3 (loss 9.2 at first, 1.39 at
   the end) and learned at 1e-4 (1.39 → 0.18).
-  Crops arrive in [0, 1] (``models/data.py``) or as uint8 (divided by 255 on the fly).
+  Crops arrive as uint8 (``models/data.py``; divided by 255 on the device) or as floats in [0, 1].
   Alternatives (``visual_feature``): ``"vggface"``, per-frame VGGFace activations built into the
   shards when ``[VGGFace] weights`` is set (``video/vggface``; e.g. a VGG-19 face network at
   72 px, ``image_size = 72``), and ``"descriptor"``, dlib's 128-d ResNet face descriptor. Both go
@@ -100,7 +100,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from features.labels import SOUND_TYPES
-from models.layers import fit, make_optimizer, masked_mean, masked_softmax, unit_assignment, unit_mean
+from models.layers import as_images, fit, make_optimizer, masked_mean, masked_softmax, unit_assignment, unit_mean
 
 VARIANTS = ("feature", "decision", "coupled", "aclstm")
 SILENCE, VERBAL, NONVERBAL = 0, 1, 2  # unit kinds (features.prosody)
@@ -243,11 +243,6 @@ def vgg_side(cfg, size: int) -> int:
 def vgg_width(cfg) -> int:
     """Channels of the last conv of a VGG cfg."""
     return [v for v in cfg if v != "M"][-1]
-
-
-def as_images(x: torch.Tensor) -> torch.Tensor:
-    """Face crops as float in [0, 1]: uint8 is divided by 255 here (on the device), floats pass."""
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x
 
 
 def frames_through(net, crops: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers import as_images
+
 # Table 2: discrete emotion -> binary arousal / valence
 TABLE2 = {
     "arousal": {"classes": ("low", "high"),
@@ -137,6 +139,7 @@ class VisualNet(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
+        v = as_images(v)   # uint8 crops (models/data.py): / 255 here, on the device
         if v.shape[-1] != self.size or v.shape[-2] != self.size:
             B, C, T, H, W = v.shape
             v = F.interpolate(v.transpose(1, 2).reshape(B * T, C, H, W), size=(self.size, self.size),

@@ -1,9 +1,11 @@
 """``ShardDataset``: batches for the trainers, read from the shards only (``features.store.Shard``).
 
-Two modes; batch keys (torch conventions: channels first, float32):
+Two modes; batch keys (torch conventions: channels first, float32; face crops uint8):
 
 - ``"window"``: one item is one 655 ms window (AVEF §2.2: every audio/visual segment carries its
-  clip's label): ``logmel`` (B, 3, 64, 64); ``crop`` / ``crop_small`` (B, 3, 16, H, W) in [0, 1];
+  clip's label): ``logmel`` (B, 3, 64, 64); ``crop`` / ``crop_small`` (B, 3, 16, H, W) uint8
+  (the models divide by 255 on the device, ``models.layers.as_images``: a quarter of the bytes of
+  float32 through the loader's processes and the bus, issue 23 item 2);
   ``pca`` (B, 16, 20); ``vggish_window`` (B, 128); ``descriptor`` / ``vggface`` (B, 16, D);
   ``label`` (B,) long; ``clip`` (B,) long; ``video_ok`` (B,) bool.
 - ``"clip"``: one item is one clip; each per-window feature gets a time axis T (the clip's windows),
@@ -513,7 +515,7 @@ class ShardDataset:
                 out[name] = np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, n_mels, n_frames)
             elif name in ("crop", "crop_small"):
                 v = s.window_video(i, small=name == "crop_small")        # (16, H, W, 3) uint8
-                out[name] = v.transpose(3, 0, 1, 2).astype(np.float32) / 255.0
+                out[name] = np.ascontiguousarray(v.transpose(3, 0, 1, 2))   # uint8: / 255 on the device
             elif name == "pca":
                 x = self._pca(s, i)
                 if not np.all(np.isfinite(x)):
@@ -524,7 +526,7 @@ class ShardDataset:
             elif name in ("descriptor", "vggface"):
                 out[name] = np.asarray(s.window_face_embedding(i, name), np.float32)
         for name in self.features:
-            if name in self.norm:
+            if name in self.norm and name in out:   # (a clip-level feature is normalised in _clip_level)
                 mean, std = self.norm[name]
                 out[name] = (out[name] - mean) / std
             if name in VISUAL and not ok:   # after normalising: unusable video stays exactly zero
@@ -671,7 +673,7 @@ class ShardDataset:
 
     def _video_rows(self, s: Shard, c: int, name: str, rows, n: int) -> np.ndarray:
         """The visual feature ``name`` of the clip's video frames ``rows`` (n,) (zeros when ``None``),
-        as ``_window`` gives it for a window: crops (3, n, H, W) in [0, 1], else (n, D)."""
+        as ``_window`` gives it for a window: crops (3, n, H, W) uint8, else (n, D)."""
         key = "pca" if name == "pca" and self.pca_basis is None else ("shape49" if name == "pca" else name)
         if rows is None:   # no usable frame: zeros of the feature's shape
             ds = s._dataset(f"video/{key}")
@@ -684,7 +686,7 @@ class ShardDataset:
 
             x = pca_whiten(x, **{k: self.pca_basis[k] for k in ("mean", "components", "explained_variance")})
         if name in ("crop", "crop_small"):
-            return x.transpose(3, 0, 1, 2).astype(np.float32) / 255.0
+            return np.ascontiguousarray(x.transpose(3, 0, 1, 2))
         x = np.asarray(x, np.float32)
         return np.where(np.isfinite(x), x, 0).astype(np.float32)
 

@@ -49,7 +49,7 @@ fixed): the VGG-16 conv stack of VGGFace (Parkhi et al. 2015; ``video_cnn``, wid
 256 | 512 | 512, 13 conv 3×3, 5 max pools) on the 72×72 face crops of each of the 13 frames,
 its last conv layer's ReLU activations averaged over the spatial grid (as the store's
 ``vggface`` ``conv5_3`` layer, ``features/vggface.py``): 512 values per frame (``video_dim``).
-Crops arrive in [0, 1] (``models/data.py``) or uint8 (divided by 255 on the fly); windows without
+Crops arrive as uint8 (``models/data.py``; divided by 255 on the device) or in [0, 1]; windows without
 usable video and padding windows are not computed (zero embeddings). The CNN is trained from
 scratch (torchvision's VGG initialisation) with Adam at ``video_cnn_lr`` = 1e-4 (the DLSTMs'
 0.01 of §3 is for recurrent layers on fixed embeddings: on a synthetic 4-class frame task, 72 px,

@@ -13,6 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def as_images(x: torch.Tensor) -> torch.Tensor:
+    """Face crops as float in [0, 1]: the uint8 crops of ``models/data.py`` are divided by 255 here,
+    on the device (issue 23 item 2); floats pass unchanged."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x
+
+
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
     """Softmax over ``dim`` with masked-out entries at exactly 0.
 

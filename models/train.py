@@ -37,7 +37,8 @@ import torch
 import models
 from features.errors import ShardError
 from models import metrics, plots
-from models.data import ShardDataset, clip_table, find_shards, fit_norm, label_subset, loader
+from models.data import ShardDataset, clip_table, find_shards, fit_norm, label_subset
+from models.resident import DATA_MODES, another, feed
 from models.progress import Progress, context
 from models.protocols import dataset_protocol, fit_pca_basis, make_folds
 
@@ -439,9 +440,9 @@ def train_fold(args, table, fold, out_dir) -> dict:
         if not len(ds):
             raise ValueError(f"fold {fold.name}: the {name} part has no item with features {feats}")
     bs = args.batch_size or cfg.batch_size    # every config carries its paper's batch size
-    dl = {name: loader(ds, batch_size=bs, shuffle=name == "train", num_workers=args.num_workers,
-                       seed=args.seed, device=device) for name, ds in parts.items()}
-    dl_train_eval = loader(train_ds, batch_size=bs, num_workers=args.num_workers, device=device)
+    dl, data_mode = feed(parts, batch_size=bs, num_workers=args.num_workers, seed=args.seed, device=device,
+                         data=getattr(args, "data", "auto"))
+    dl_train_eval = another(dl["train"], batch_size=bs, shuffle=False, num_workers=args.num_workers, device=device)
 
     model = module.MODEL(cfg).to(device)
     if args.init:
@@ -472,8 +473,8 @@ def train_fold(args, table, fold, out_dir) -> dict:
         log["pretrain"] = state.get("pretrain")
     elif pretrain:
         pbs = getattr(cfg, "net_batch_size", bs)
-        log["pretrain"] = pretrain(loader(train_ds, batch_size=pbs, shuffle=True, seed=args.seed,
-                                          num_workers=args.num_workers, device=device), device)
+        log["pretrain"] = pretrain(another(dl["train"], batch_size=pbs, shuffle=True, seed=args.seed,
+                                           num_workers=args.num_workers, device=device), device)
     opt = model.configure_optimizer() if hasattr(model, "configure_optimizer") else torch.optim.Adam(
         model.parameters(), lr=getattr(cfg, "lr", 1e-3), weight_decay=getattr(cfg, "weight_decay", 0.0))
     history, best, best_state, best_epoch, bad, stopped, start = [], -np.inf, None, None, 0, False, 0
@@ -570,12 +571,14 @@ def train_fold(args, table, fold, out_dir) -> dict:
               "validation": {"best": best, "best_epoch": best_epoch}, "epochs_run": len(history),
               "history": history, "pretrain": log.get("pretrain"),
               "speakers": {p: sorted(fold.speakers(table, p)) for p in ("train", "val", "test")},
-              "items": {p: len(ds) for p, ds in parts.items()}, "device": str(device),
+              "items": {p: len(ds) for p, ds in parts.items()}, "device": str(device), "data": data_mode,
               "predictions": {"clip_id": [str(table.id[c]) for c in outs["clip"]],
                               **{k: v.tolist() for k, v in outs.items() if k != "clip"}},
               "seconds": time.time() - t0, "config": dataclasses.asdict(cfg), "pictures": pics}
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
+    tmp = os.path.join(out_dir, f".results.json.{os.getpid()}")
+    with open(tmp, "w") as f:   # atomic: --folds-parallel folds read each other's when they summarise
         json.dump(result, f, indent=1, default=float)
+    os.replace(tmp, os.path.join(out_dir, "results.json"))
     if os.path.exists(last):   # the fold is complete: checkpoint.pt and results.json replace it
         os.remove(last)
     return result
@@ -600,6 +603,9 @@ def parse_args(argv=None):
     p.add_argument("--groups", type=int, help="LOGSO speaker groups")
     p.add_argument("--folds", type=int, help="k-fold folds")
     p.add_argument("--fold", type=int, action="append", help="run only this fold (repeatable); default all")
+    p.add_argument("--folds-parallel", type=int, default=1, metavar="N",
+                   help="train N folds at once, each in its own process (one GPU each, round-robin, when several "
+                        "are visible; else they share it); each fold's log in <out>/.../<fold>/train.log")
     p.add_argument("--epochs", type=int, metavar="N",
                    help="epochs of the main phase (the whole model, or the fusion after a pre-training), at most "
                         "(default: the config's `epochs`, else 50); the pre-training is bounded by --net-epochs")
@@ -632,7 +638,12 @@ def parse_args(argv=None):
     p.add_argument("--val-fraction", type=float,
                    help="training speakers held out for validation (default 0.1; 0 for a model that keeps its "
                         "last epoch without early stopping, AVEF)")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader worker processes of the streaming loader (--data stream)")
+    p.add_argument("--data", choices=DATA_MODES, default="auto",
+                   help="resident: the fold's features read once into the GPU's memory and batches formed there; "
+                        "stream: a DataLoader reading the shards every epoch; auto (default): resident on a GPU "
+                        "when they take at most half its free memory, else stream (models/resident.py)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=list(PRECISIONS),
@@ -682,10 +693,16 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--repeats {args.repeats}: give 1 or more")
     if args.checkpoint_every < 0 or (args.net_epochs is not None and args.net_epochs < 0):
         raise SystemExit("--checkpoint-every and --net-epochs take 0 or more")
-    results = []
+    if args.folds_parallel < 1:
+        raise SystemExit(f"--folds-parallel {args.folds_parallel}: give 1 or more")
     for k in chosen:
         if not 0 <= k < len(folds):
             raise SystemExit(f"--fold {k}: protocol {protocol['name']} has folds 0..{len(folds) - 1}")
+    if args.folds_parallel > 1 and len(chosen) > 1:
+        results = run_parallel(argv if argv is not None else sys.argv[1:], args, folds, chosen, proto_dir)
+        return summarise(args, protocol, proto_dir, results)
+    results = []
+    for k in chosen:
         for seed in range(args.seed, args.seed + args.repeats):   # the folds stay those of --seed
             run = copy.copy(args)
             run.seed = seed
@@ -705,6 +722,11 @@ def main(argv=None) -> dict:
             shown = ("WA", "UA", "F1", "CCC_valence", "CCC_arousal", "CCC_valence_pooled", "CCC_arousal_pooled")
             logger.info("%s seed %d: %s", folds[k].name, seed, {m: r[m] for m in shown if m in r})
             results.append(r)
+    return summarise(args, protocol, proto_dir, results)
+
+
+def summarise(args, protocol: dict, proto_dir: str, results: list) -> dict:
+    """summary.json and table.md of the protocol (mean ± std over the folds, or folds × repetitions)."""
     title = f"{args.model} on {args.dataset}, {protocol['name']}"
     if args.repeats == 1:
         summary = write_summary(proto_dir, title)
@@ -721,6 +743,87 @@ def main(argv=None) -> dict:
         f.write(metrics.table(summary, title=title, runs="runs") + "\n")
     print(metrics.table(summary, title=title, runs="runs"))
     return {"folds": results, "summary": summary, "per_fold": per_fold, "repeats": args.repeats}
+
+
+def _without(argv: list, *options: str) -> list:
+    """``argv`` without the given options and their values (``--fold 3`` and ``--fold=3`` alike)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not any(a.startswith(o + "=") for o in options):
+            out.append(a)
+    return out
+
+
+def gpu_slots() -> list:
+    """The GPUs a child process may be given (``CUDA_VISIBLE_DEVICES`` entries, or 0..n-1); [] on a CPU."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(n)]
+    return ids[:n] if n else []
+
+
+def run_parallel(argv: list, args, folds, chosen, proto_dir: str) -> list:
+    """``--folds-parallel N``: the chosen folds in N processes at once (issue 23 item 6), each
+    ``python -m models.train`` with the same arguments and one ``--fold``; one GPU per process
+    round-robin when several are visible (``CUDA_VISIBLE_DEVICES``), else all share the one. Each
+    process's output goes to ``<fold>/train.log``; a failed fold is reported with its log's last line
+    after the others finish. Ctrl-C reaches every process (one process group); each leaves its last
+    checkpoint, and ``--resume`` continues them all."""
+    import subprocess
+
+    base = _without(argv, "--folds-parallel", "--fold")
+    slots, jobs, running, failed = gpu_slots(), list(chosen), [], []
+    logger.info("%d folds in %d processes%s", len(jobs), args.folds_parallel,
+                f" on GPUs {', '.join(slots)}" if len(slots) > 1 else "")
+    started = 0
+    try:
+        while jobs or running:
+            while jobs and len(running) < args.folds_parallel:
+                k = jobs.pop(0)
+                env = dict(os.environ)   # the children import this checkout's models, wherever they start
+                root = os.path.dirname(os.path.dirname(os.path.abspath(models.__file__)))
+                env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+                if len(slots) > 1:
+                    env["CUDA_VISIBLE_DEVICES"] = slots[started % len(slots)]
+                os.makedirs(os.path.join(proto_dir, folds[k].name), exist_ok=True)
+                log_path = os.path.join(proto_dir, folds[k].name, "train.log")
+                with open(log_path, "w") as log:
+                    proc = subprocess.Popen([sys.executable, "-m", "models.train", *base, "--fold", str(k)],
+                                            stdout=log, stderr=subprocess.STDOUT, env=env)
+                running.append((k, proc, log_path))
+                started += 1
+            time.sleep(0.2)
+            for item in [r for r in running if r[1].poll() is not None]:
+                running.remove(item)
+                k, proc, log_path = item
+                if proc.returncode == 130:
+                    raise KeyboardInterrupt
+                if proc.returncode:
+                    with open(log_path) as f:
+                        lines = f.read().strip().splitlines() or [""]
+                    failed.append(f"{folds[k].name}: exit {proc.returncode}: {lines[-1]} (log: {log_path})")
+                else:
+                    logger.info("%s: done (log: %s)", folds[k].name, log_path)
+    except KeyboardInterrupt:
+        for _, proc, _ in running:
+            proc.wait()
+        raise Interrupted(f"interrupted: each fold's last checkpoint is under {proto_dir}; add --resume to "
+                          f"continue them") from None
+    if failed:
+        raise ValueError("--folds-parallel: " + "; ".join(failed))
+    results = []
+    for k in chosen:
+        for seed in range(args.seed, args.seed + args.repeats):
+            out_dir = os.path.join(proto_dir, folds[k].name, *([f"seed-{seed}"] if args.repeats > 1 else []))
+            with open(os.path.join(out_dir, "results.json")) as f:
+                r = json.load(f)
+            r["seed"] = seed
+            results.append(r)
+    return results
 
 
 def cli(argv=None) -> int:

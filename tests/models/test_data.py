@@ -31,7 +31,10 @@ def test_window_mode_shapes_and_masks(table):
     b = collate(ds.__getitems__(list(range(5))))
     assert b["logmel"].shape == (5, 3, 64, 64) and b["logmel"].dtype == torch.float32
     assert b["crop_small"].shape == (5, 3, 16, 72, 72)
-    assert 0 <= float(b["crop_small"].min()) and float(b["crop_small"].max()) <= 1
+    assert b["crop_small"].dtype == torch.uint8   # the stored bytes; the models divide by 255 on the device
+    r0, i0 = ds.items[0]
+    stored = ds.shards[table.shard[r0]].window_video(i0, small=True)   # (16, H, W, 3)
+    assert np.array_equal(b["crop_small"][0].numpy(), stored.transpose(3, 0, 1, 2))
     assert b["pca"].shape == (5, 16, 20) and b["label"].dtype == torch.int64 and b["video_ok"].all()
     # the image is the reader's (64 mels, 64 frames, 3) image, channels first
     r, i = ds.items[0]
