@@ -198,6 +198,41 @@ def locked(folder: str):
         os.close(fd)  # releases the lock
 
 
+# -- the build lock of a dataset (issue 20 item 3: avstore gc never removes what a build writes) ---
+_BUILD_LOCKS: dict = {}  # (store, dataset) -> the open folder whose shared flock this process holds
+
+
+def hold_build_lock(store: str, dataset: str) -> None:
+    """A shared ``flock`` on the folder ``store/<dataset>`` for the duration of a build
+    (``BuildShards.complete()`` takes it before any stage is scheduled; ``release_build_lock``
+    when the build ends; the kernel releases it when the process dies, SIGKILL included). Builds
+    share it; ``avstore gc`` takes it exclusively, so gc refuses while a build of this machine
+    runs, and a build that starts during a gc waits for it. No lock file is left. Idempotent."""
+    key = (os.path.abspath(store), dataset)
+    folder = os.path.join(store, dataset)
+    fd = _BUILD_LOCKS.get(key)
+    try:
+        if fd is None:
+            os.makedirs(folder, exist_ok=True)
+            fd = _BUILD_LOCKS[key] = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("%s: avstore gc is running there; waiting for it to finish", folder)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError as err:  # a read-only store, a file system without flock: build unlocked
+        logger.debug("no build lock on %s: %s", folder, err)
+
+
+def release_build_lock(store: str, dataset: str) -> None:
+    fd = _BUILD_LOCKS.pop((os.path.abspath(store), dataset), None)
+    if fd is not None:  # unlock first: in a forked worker (--workers N) the parent's copy of fd stays open
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
 # -- disk full (issue 19 item 2) -------------------------------------------------------------------
 SPACE_MARGIN = 1 << 20  # HDF5 metadata, chunk headers: an output needs at most its arrays + 10 % + this
 

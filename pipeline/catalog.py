@@ -19,6 +19,9 @@ record names and datasets whose build records are missing (issue 19 item 4).
     avstore pull --dataset demo [--build KEY] [--remote URL]
     avstore export --dataset demo [--build KEY] --codec gzip --out DIR [--exclude video/crop ...]
                                                    # a copy any h5py reads, no hdf5plugin (pipeline.export)
+    avstore report --dataset demo [--build KEY] --out DIR   # DIR/index.html: plots, worst clips (pipeline.report)
+    avstore gc [--dataset demo] [--keep-builds KEY...|--keep-newest N] [--drop-intermediates] [--dry-run]
+                                                   # remove what no kept build references (pipeline.gc)
 
 Records are JSON; nothing here (or in ``pipeline.remote``) is ever unpickled.
 """
@@ -338,8 +341,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the store folder to write the copy into")
     p.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="DATASET",
                    help="datasets or groups to leave out, e.g. video/crop (keep only the 72 px crops)")
+    p = sub.add_parser("report", help="a static HTML page (plots, worst clips, contact sheets) of a feature set")
+    p.add_argument("--dataset")
+    p.add_argument("--build", help="feature set key or a unique prefix (default: the dataset's newest)")
+    p.add_argument("--out", required=True, help="the folder to write index.html and its PNG files into")
+    p.add_argument("--sheets", type=int, default=8, help="contact sheets of the N worst clips (default 8)")
+    p = sub.add_parser("gc", help="remove the builds not kept and every file no kept build references "
+                                  "(docs/gc.md); refuses while a build of the dataset runs")
+    p.add_argument("--dataset", help="one dataset (default: every dataset of the store)")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--keep-builds", nargs="+", metavar="KEY", help="the builds to keep (keys or unique prefixes)")
+    keep.add_argument("--keep-newest", type=int, metavar="N", help="keep the N newest builds of each dataset")
+    p.add_argument("--drop-intermediates", action="store_true",
+                   help="also remove the stage outputs of kept builds whose shards verify (a rebuild of them "
+                        "runs nothing; another configuration recomputes them)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    from pipeline import corpora
+
+    corpora.add_parser(sub)  # avstore import CORPUS SOURCE_DIR (issue 20 item 1; needs no store)
     args = parser.parse_args(argv)
+    if args.command == "import":
+        return corpora.main(args)
     store = args.store or _config("paths", "store", "store")
+    if args.command == "gc":
+        from pipeline.gc import main as gc_main
+
+        return gc_main(store, args)
     if args.command == "export":
         from pipeline.export import ExportError, export
 
@@ -351,6 +378,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export: {n['dataset']}/{n['key']}: {n['files']} shard(s), {_size(n['bytes_in'])} -> "
               f"{_size(n['bytes_out'])} {args.codec} in {n['seconds']:.1f} s, verified; "
               f"train with: python -m models.train --store {args.out} --dataset {n['dataset']} ...")
+        return 0
+    if args.command == "report":
+        from pipeline.report import ReportError, report
+
+        try:
+            n = report(store, args.out, dataset=args.dataset, build=args.build, sheets=args.sheets,
+                       manifest=_config("paths", "manifest", "data_manifest.yaml"))
+        except ReportError as err:
+            print(f"avstore report: {err}", file=sys.stderr)
+            return 1
+        print(f"report: {n['dataset']}/{n['key']}: {n['clips']} clips ({n['failed']} failed), {n['images']} "
+              f"images, {n['sheets']} contact sheet(s): open {n['index']}")
         return 0
 
     if args.command == "catalog":

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import collections
+import datetime
 import json
+import multiprocessing
 import os
+import sys
+import time
 
 import luigi
 import numpy as np
 
 from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment, clip_table, read_input
 from pipeline.video import Align, Faces, LandmarkPCA
-from pipeline.base import (BatchTask, StoreTarget, array_bytes, atomic_path, digest, logger, n_batches, paths,
-                           sweep_stale_temps)
+from pipeline.base import (BatchTask, StoreTarget, array_bytes, atomic_path, digest, hold_build_lock, logger,
+                           n_batches, paths, release_build_lock, sweep_stale_temps)
 from pipeline.catalog import build_facts, record_problems, refresh_records
 from pipeline.embeddings import EMBEDDINGS
 from pipeline.manifest import get_dataset
@@ -86,7 +90,8 @@ class Shard(BatchTask):
         (size and mtime against its ``stage.json``, else its sha256): a damaged intermediate under
         an intact shard makes the shard's task run, and with it the stage that computes the
         intermediate again (issue 19 item 4). Inputs that are not here (a shard pulled from a
-        remote) are not looked for."""
+        remote, or whose inputs ``avstore gc --drop-intermediates`` removed: a shard is
+        self-contained) are not looked for; the shard itself is always checked."""
         if not super().complete():
             return False
         damaged = [t.output().path for t in self.inputs().values()
@@ -233,11 +238,14 @@ class BuildShards(luigi.Task):
         4): size and mtime as recorded, or else the recorded sha256. Otherwise the build runs:
         the Shard tasks whose outputs are damaged run again, and the record is rewritten.
         The first call of a process also sweeps the store of dead processes' temporary files
-        (item 9)."""
+        (item 9). It takes the dataset's build lock, held until the build ends (``avstore gc``
+        refuses meanwhile; issue 20 item 3), and starts the build's progress lines (item 4)."""
         if self.store not in _SWEPT:
             _SWEPT.add(self.store)
             sweep_stale_temps(self.store)
         path = self.output().path
+        hold_build_lock(self.store, self.dataset)  # after output(): a wrong dataset name makes no folder
+        _PROGRESS[self.task_id] = BuildProgress()
         try:
             with open(path, encoding="utf-8") as f:
                 record = json.load(f)
@@ -255,7 +263,25 @@ class BuildShards(luigi.Task):
         if problems or not all(t.complete() for t in self.requires()):  # also their stage outputs
             return False
         self._note_mtimes(record)
+        if "stage_outputs" not in record:  # a record written before issue 20 item 3: add what gc keeps
+            record["stage_outputs"] = self.stage_outputs()
+            with atomic_path(path, replace=True) as tmp, open(tmp, "w") as f:
+                json.dump(record, f, indent=1)
         return True
+
+    def stage_outputs(self) -> list[str]:
+        """Every stage output the shards are assembled from, upstream stages included (paths
+        relative to the store): what ``avstore gc`` keeps for this build (issue 20 item 3). It
+        goes into the build record, which no digest covers (the key is a digest of the shards'
+        chain digests); shards pulled from a remote or whose inputs gc dropped name absent files."""
+        out, seen, todo = set(), set(), list(self.requires())
+        while todo:
+            for dep in luigi.task.flatten(todo.pop().requires()):
+                if dep.task_id not in seen:
+                    seen.add(dep.task_id)
+                    todo.append(dep)
+                    out.add(os.path.relpath(dep.output().path, self.store).replace(os.sep, "/"))
+        return sorted(out)
 
     def _note_mtimes(self, record: dict) -> None:
         """Shards whose sha256 was read because their mtime is not the recorded one (a pulled
@@ -271,6 +297,7 @@ class BuildShards(luigi.Task):
     def run(self):
         summary = summarize([t.output().path for t in self.requires()])
         summary.update(build_facts(self.store, summary["shards"]))  # sha256 of each shard, config, builder
+        summary["stage_outputs"] = self.stage_outputs()  # what avstore gc keeps for this build
         path = self.output().path
         with atomic_path(path, replace=True) as tmp, open(tmp, "w") as f:  # replaces a record of damaged shards
             json.dump(summary, f, indent=1)
@@ -279,6 +306,62 @@ class BuildShards(luigi.Task):
 
 
 _SWEPT: set = set()  # stores swept in this process
+
+
+class BuildProgress:
+    """``progress: 12/40 batches, 240 clips, 35.1 clips/s, ETA 0:00:16`` on stderr when a batch
+    (a Shard task) of the build finishes (issue 20 item 4). The total is the shards found missing
+    while scheduling; clips/s counts from ``BuildShards.complete()``, the start of scheduling. The
+    counts are in shared memory: the forked workers of ``--workers N`` add to the same ones.
+    luigid's visualiser keeps its per-task bars (``BatchTask.progress``)."""
+
+    def __init__(self):
+        self.t0 = time.monotonic()
+        self.todo: dict[str, int] = {}  # shard output path -> its clips, for the shards that will run
+        self.done = multiprocessing.Array("d", 2)  # batches, clips (and a lock)
+
+    def line(self, clips_of_batch: int) -> str:
+        with self.done.get_lock():  # the line is printed under the lock: counts rise line by line
+            self.done[0] += 1
+            self.done[1] += clips_of_batch
+            batches, clips = int(self.done[0]), int(self.done[1])
+            rate = clips / max(time.monotonic() - self.t0, 1e-9)
+            left = sum(self.todo.values()) - clips
+            eta = str(datetime.timedelta(seconds=round(left / rate))) if rate > 0 else "?"
+            line = f"progress: {batches}/{len(self.todo)} batches, {clips} clips, {rate:.1f} clips/s, ETA {eta}"
+            print(line, file=sys.stderr, flush=True)
+        return line
+
+
+_PROGRESS: dict[str, BuildProgress] = {}  # BuildShards task id -> its progress
+
+
+@BuildShards.event_handler(luigi.Event.DEPENDENCY_DISCOVERED)
+def _count_shard(task, dep):
+    if isinstance(dep, Shard) and task.task_id in _PROGRESS:
+        _PROGRESS[task.task_id].todo[dep.output().path] = len(dep.clips())
+
+
+@Shard.event_handler(luigi.Event.DEPENDENCY_PRESENT)
+def _shard_present(task):  # found complete while scheduling: not part of this build's work
+    for progress in _PROGRESS.values():
+        progress.todo.pop(task.output().path, None)
+
+
+@Shard.event_handler(luigi.Event.SUCCESS)
+def _shard_done(task):
+    for progress in _PROGRESS.values():
+        if task.output().path in progress.todo:
+            progress.line(progress.todo[task.output().path])
+
+
+@BuildShards.event_handler(luigi.Event.SUCCESS)
+@BuildShards.event_handler(luigi.Event.FAILURE)
+@BuildShards.event_handler(luigi.Event.DEPENDENCY_PRESENT)
+def _build_ended(task, *_):
+    """The build lock goes (a build whose Shard task failed keeps it until its process exits)."""
+    release_build_lock(task.store, task.dataset)
+    _PROGRESS.pop(task.task_id, None)
 
 
 @BuildShards.event_handler(luigi.Event.DEPENDENCY_PRESENT)

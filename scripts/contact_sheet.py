@@ -6,7 +6,8 @@
 frame) with the VAD weights, the prosodic units (grey silence, green verbal, orange non-verbal) and
 the 655 ms windows (hatched: ``video_ok`` 0); (2) ~8 video frames with the tracker box (yellow), the
 key-point crop square (cyan) and the 68 landmarks, on the full frames when the source is reachable
-(``--root``/``clips/source``, root from ``--manifest``) and unchanged (sha256), else on the stored
+(``--root``/``clips/source``; without ``--root`` the file the build decoded, whichever manifest it
+was built with, else the root from ``--manifest``) and unchanged (sha256), else on the stored
 crops; (3) per window its 16 aligned crops (ticks: frame times) and (4) its log-mel image.
 """
 from __future__ import annotations
@@ -31,28 +32,70 @@ from features.store import Shard  # noqa: E402
 from features.video import iter_video  # noqa: E402
 from pipeline.manifest import get_dataset  # noqa: E402
 
+MANIFEST = os.path.join(REPO, "data_manifest.yaml")
 UNIT_COLOURS = {0: "0.8", 1: "tab:green", 2: "tab:orange"}
 UNIT_NAMES = {0: "silence", 1: "verbal", 2: "non-verbal"}
 
 
-def source_file(shard, c, root, manifest):
-    """(path or None, why not) of the clip's source file, checked against its stored sha256."""
-    rel = shard.clips["source"][c]
-    if not rel:
-        return None, "no source file recorded"
-    if root is None:
-        try:
-            root = get_dataset(manifest, shard.attrs["dataset"]).root_dir
-        except Exception as err:  # unset ${VAR}, no manifest, unknown dataset: render without it
-            return None, f"no dataset root ({err})"
-    path = os.path.join(root, rel)
+def decoded_source(shard, c):
+    """(absolute path or None, why not) of the file the build decoded for clip ``c``: the Decode
+    output of the shard's own hash chain (``<store>/<dataset>/decode/<stages.decode>/batch-NNNN.h5``,
+    ``clips/source``, written with absolute paths) in the store that holds the shard. It finds the
+    media whichever manifest the corpus was built with; a copied or pulled shard has no such file."""
+    from features.store import read_group
+
+    attrs = shard.attrs
+    digest, batch = attrs.get("stages", {}).get("decode"), attrs.get("batch")
+    store = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(shard.path)))))
+    if not digest or batch is None:
+        return None, "the shard names no decode stage"
+    path = os.path.join(store, attrs["dataset"], "decode", digest, f"batch-{int(batch):04d}.h5")
+    if not os.path.isfile(path):
+        return None, f"no decode output beside the shard ({path})"
+    try:
+        clips = read_group(path, "clips", ["id", "source"])
+    except Exception as err:  # damaged or foreign file: fall back to the manifest
+        return None, f"{path}: {err}"
+    ids = list(clips["id"])
+    cid = shard.clips["id"][c]
+    if cid not in ids or not clips["source"][ids.index(cid)]:
+        return None, f"{path} records no source for {cid}"
+    return str(clips["source"][ids.index(cid)]), ""
+
+
+def _checked(path, want):
+    """(path, "") when ``path`` is a file whose sha256 is ``want`` (or none is recorded), else (None, why)."""
     if not os.path.isfile(path):
         return None, f"{path} not found"
-    want = shard.clips["source_sha256"][c]
     with open(path, "rb") as f:
         if want and hashlib.file_digest(f, "sha256").hexdigest() != want:
             return None, f"{path} changed since the build (sha256)"
     return path, ""
+
+
+def source_file(shard, c, root, manifest):
+    """(path or None, why not) of the clip's source file, checked against its stored sha256.
+
+    With ``root``: ``root/clips/source`` only. Otherwise the path the build decoded
+    (``decoded_source``: right whichever manifest the corpus was built with), then the dataset
+    root that ``manifest`` gives (a teammate's copy of the corpus)."""
+    rel = shard.clips["source"][c]
+    if not rel:
+        return None, "no source file recorded"
+    want = shard.clips["source_sha256"][c]
+    if root is not None:
+        return _checked(os.path.join(root, rel), want)
+    path, why_built = decoded_source(shard, c)
+    if path is not None:
+        path, why_built = _checked(path, want)
+        if path is not None:
+            return path, ""
+    try:
+        root = get_dataset(manifest, shard.attrs["dataset"]).root_dir
+    except Exception as err:  # unset ${VAR}, no manifest, unknown dataset: render without it
+        return None, f"{why_built}; no dataset root ({err})"
+    path, why = _checked(os.path.join(root, rel), want)
+    return (path, "") if path is not None else (None, f"{why_built}; {why}")
 
 
 def timeline(ax, bars, shard, c, wins, shown, path, t_max):
@@ -108,27 +151,28 @@ def draw_face(ax, image, box, lm, margin, crop_size=None):
     ax.set_xlim(-0.5, image.shape[1] - 0.5), ax.set_ylim(image.shape[0] - 0.5, -0.5)  # points may leave it
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("shard"), p.add_argument("clip_id")
-    p.add_argument("--out", help="PNG to write (default: contact_<CLIP_ID>.png)")
-    p.add_argument("--root", help="dataset root holding clips/source (default: from --manifest)")
-    p.add_argument("--manifest", default=os.path.join(REPO, "data_manifest.yaml"))
-    p.add_argument("--windows", type=int, default=3, help="windows to show in full (default 3)")
-    a = p.parse_args(argv)
-    shard = Shard(a.shard)
+class UnknownClip(ValueError):
+    """The clip id is not in the shard."""
+
+
+def sheet(shard_path, clip_id, *, out=None, root=None, manifest=MANIFEST, windows=3):
+    """Draw the contact sheet of clip ``clip_id`` of the shard at ``shard_path`` (module
+    docstring) into the PNG ``out`` (default ``contact_<clip_id>.png``); returns its path.
+    ``root``: the dataset root holding ``clips/source`` (default: found by ``source_file``).
+    Raises ``UnknownClip`` when the shard has no such clip."""
+    shard = Shard(shard_path)
     ids = list(shard.clips["id"])
-    if a.clip_id not in ids:
-        p.error(f"clip {a.clip_id!r} is not in {a.shard} (its {len(ids)} clips: {', '.join(ids[:30])})")
-    c, cl, w = ids.index(a.clip_id), shard.clips, shard.windows
+    if clip_id not in ids:
+        raise UnknownClip(f"clip {clip_id!r} is not in {shard_path} (its {len(ids)} clips: {', '.join(ids[:30])})")
+    c, cl, w = ids.index(clip_id), shard.clips, shard.windows
     wins = np.flatnonzero(w["clip"] == c)
-    shown = [i for i in wins if w["video_ok"][i]][: a.windows]  # with a face first, then audio-only
-    shown += [i for i in wins if i not in shown][: a.windows - len(shown)]
+    shown = [i for i in wins if w["video_ok"][i]][: windows]  # with a face first, then audio-only
+    shown += [i for i in wins if i not in shown][: windows - len(shown)]
     # this clip's video rows only (a shard's crops are ~90 kB a frame); Shard has no public reader
     v = {k: shard.video(c, k) for k in ("time", "found", "interpolated", "box", "landmarks68")}
     n = len(v["time"])
     pick = np.unique(np.linspace(0, n - 1, min(8, n)).round().astype(int)) if n else []
-    path, why = source_file(shard, c, a.root, a.manifest)
+    path, why = source_file(shard, c, root, manifest)
     t_max = max(float(cl["duration_s"][c]), len(shard.vad(c)) * 0.01, v["time"][-1] if n else 0.0, 0.1)
 
     height = 5.4 + 1.2 * (n_rows := max(1, len(shown)))
@@ -184,12 +228,28 @@ def main(argv=None):
         fig.add_subplot(gs[2]).text(0.5, 0.5, "no windows", ha="center", va="center"), plt.axis("off")
     status, vstatus = (cl[k][c] + ("" if cl[k][c] == "ok" else f": {cl[r][c]}")
                        for k, r in (("status", "reason"), ("video_status", "video_reason")))
-    fig.suptitle(f"{a.clip_id}  ({cl['label'][c]}, {cl['speaker'][c]}, {t_max:.2f} s, {len(wins)} windows)  "
-                 f"{os.path.basename(a.shard)}\naudio {status}\nvideo {vstatus}\nframes: {src}",
+    fig.suptitle(f"{clip_id}  ({cl['label'][c]}, {cl['speaker'][c]}, {t_max:.2f} s, {len(wins)} windows)  "
+                 f"{os.path.basename(shard_path)}\naudio {status}\nvideo {vstatus}\nframes: {src}",
                  fontsize=10, y=1 - 0.1 / height, va="top")
-    out = a.out or f"contact_{a.clip_id}.png"
+    out = out or f"contact_{clip_id}.png"
     fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("shard"), p.add_argument("clip_id")
+    p.add_argument("--out", help="PNG to write (default: contact_<CLIP_ID>.png)")
+    p.add_argument("--root", help="dataset root holding clips/source (default: the path the build decoded, "
+                                  "else the root that --manifest gives)")
+    p.add_argument("--manifest", default=MANIFEST)
+    p.add_argument("--windows", type=int, default=3, help="windows to show in full (default 3)")
+    a = p.parse_args(argv)
+    try:
+        out = sheet(a.shard, a.clip_id, out=a.out, root=a.root, manifest=a.manifest, windows=a.windows)
+    except UnknownClip as err:
+        p.error(str(err))
     print(out)
     return out
 
