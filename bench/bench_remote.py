@@ -23,7 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline import catalog, remote  # noqa: E402
+from pipeline import catalog, cli, remote  # noqa: E402
 from tests.pipeline.conftest import make_corpus  # noqa: E402
 from tests.pipeline.share_helpers import REL, all_files, fake_shard, folder_remote  # noqa: E402
 
@@ -99,7 +99,7 @@ def main():
     try:
         for name, url in remotes.items():
             t0 = time.perf_counter()
-            catalog.main(["--store", str(work / "store"), "push", "--dataset", "mini", "--remote", url])
+            cli.main(["--store", str(work / "store"), "push", "--dataset", "mini", "--remote", url])
             push_s = time.perf_counter() - t0
             other = make_corpus(work / f"corpus-{name}", good=args.clips.split(","), bad=False)
             pull_s = luigi_build(other, work / f"store-{name}", "--remote-url", url)

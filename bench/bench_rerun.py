@@ -1,20 +1,27 @@
-"""Incremental reruns: ``python bench/bench_rerun.py [--clips N] [--out DIR]``.
+"""Incremental reruns: ``python bench/bench_rerun.py [--clips N] [--batch-size N] [--out DIR]``.
 
-A corpus of N (default 1,500, BAUM-1's size) replicated demo clips; with the ``luigi`` CLI
-(``--workers 2``, default batch size 64; audio-only shards, ``--video false``, unless ``--video``:
-the visual chain of 1,500 clips alone takes ~20 min here, see ``bench_visual.py``):
+A corpus of N (default 1,500, BAUM-1's size) replicated demo clips (hard links); with the ``luigi``
+CLI (``--workers 2``; the automatic batch size of ``BuildShards`` unless ``--batch-size``: 64 up to
+8,192 clips, then at most 128 batches, docs/scale.md; audio-only shards, ``--video false``, unless
+``--video``: the visual chain of 1,500 clips alone takes ~20 min here, see ``bench_visual.py``).
+Each build runs through ``bench/_timed_luigi.py`` (the ``luigi`` CLI's code path plus task events):
+``first_task_start_s`` is the seconds from start-up to the first task's start, i.e. imports, manifest
+parsing, hashing and Luigi's scheduling. The corpus's sha256 cache is a fresh file in the work folder
+(``AV_STORE_HASH_CACHE``), so the full build hashes its sources as a first build would.
 
 1. the full build (wall time including start-up);
-2. (a) a no-op rerun, wall time including start-up (target <= 5 s);
+2. (a) a no-op rerun, wall time including start-up (target <= 5 s up to 8,192 clips, <= 30 s at 100,000);
 3. (b) a rerun with ``--Segment-hop-frames 30`` (only Segment and Shard run again), as a fraction of
    the full build's wall time (target <= 20 %);
 4. (c) issue 19: what the no-op rerun's checks cost on this store: ``BuildShards.complete()``'s
    check of every recorded shard by size + mtime (what a rerun does) beside a full sha256 of every
    shard (what ``avstore verify`` does), and the sweep of dead processes' temporary files over the
-   whole store (``base.sweep_stale_temps``, once per build);
+   whole store (``pipeline.files.sweep_stale_temps``, once per build);
 5. (d) issue 19 item 4: a rerun after one shard was truncated (that Shard task and BuildShards run).
 
-Reports task counts (scheduled / ran / already complete) and shard counts. Prints one JSON object.
+Reports task counts (scheduled / ran / already complete) and shard counts, the batch size the build
+used (``batch_size_used`` of its record), and Luigi's own cost for a graph of as many tasks (no-op
+tasks, same chain shape, local scheduler: ``luigi_own_cost``). Prints one JSON object.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import glob
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,17 +38,88 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_audio_chain import build  # noqa: E402
+from bench_audio_chain import ROOT, SUMMARY, luigi_counts  # noqa: E402
 from corpus import DATASET, replicate  # noqa: E402
 
 TARGET_NOOP_S = 5.0
+TARGET_NOOP_S_LARGE = 30.0  # issue 21 item 2: scheduling + no-op rerun of 100,000 clips
+LARGE = 8192  # clips above which the automatic batch size grows (docs/scale.md)
 TARGET_HOP_FRACTION = 0.20
+
+
+def build(manifest: str, store: str, *, batch_size: int | None, log: str, env: dict, extra: tuple = ()) -> dict:
+    """BuildShards through ``_timed_luigi.py`` in a subprocess (``--batch-size`` only when given):
+    wall seconds, summary counts, Luigi's task counts and the seconds to the first task's start."""
+    from _timed_luigi import summarize
+
+    size = ("--batch-size", str(batch_size)) if batch_size else ()
+    cmd = [sys.executable, os.path.join(HERE, "_timed_luigi.py"), "--module", "pipeline", "BuildShards",
+           "--dataset", DATASET, "--manifest", manifest, "--store", store, "--local-scheduler", "--workers", "2",
+           *size, *extra]
+    if os.path.exists(log):
+        os.remove(log)
+    t, c = time.perf_counter(), os.times()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": ROOT, "BENCH_TASK_LOG": log, **env})
+    wall, c1 = time.perf_counter() - t, os.times()
+    cpu = (c1.children_user - c.children_user) + (c1.children_system - c.children_system)
+    m = SUMMARY.search(p.stdout + p.stderr)
+    if p.returncode != 0 or not m:
+        sys.stderr.write(p.stdout[-3000:] + p.stderr[-3000:])
+        raise SystemExit(f"build failed (exit {p.returncode}): {' '.join(cmd)}")
+    timed = summarize(log) if os.path.exists(log) else {}
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 2), "clips_ok": int(m.group(2)), "failed": int(m.group(3)),
+            "windows": int(m.group(4)), "shards": int(m.group(5)), **luigi_counts(p.stdout + p.stderr),
+            "first_task_start_s": timed.get("first_task_start_s")}
+
+
+def luigi_own_cost(n_tasks: int, stages: int = 7) -> dict:
+    """Luigi alone (local scheduler, one process): ``n_tasks`` no-op tasks in chains of ``stages``
+    under one wrapper, the shape of a build; seconds to schedule (``Worker.add``), to schedule and
+    run, and ``complete()`` calls per task."""
+    import logging
+
+    import luigi
+    import luigi.scheduler
+    import luigi.worker
+
+    logging.getLogger("luigi-interface").setLevel(logging.WARNING)
+    done, calls = set(), [0]
+
+    class _Stage(luigi.Task):
+        batch, level = luigi.IntParameter(), luigi.IntParameter()
+
+        def requires(self):
+            return [_Stage(batch=self.batch, level=self.level - 1)] if self.level else []
+
+        def complete(self):
+            calls[0] += 1
+            return (self.batch, self.level) in done
+
+        def run(self):
+            done.add((self.batch, self.level))
+
+    class _Top(luigi.WrapperTask):
+        n = luigi.IntParameter()
+
+        def requires(self):
+            return [_Stage(batch=k, level=stages - 1) for k in range(self.n)]
+
+    n = max(1, round((n_tasks - 1) / stages))
+    t = time.perf_counter()
+    with luigi.worker.Worker(scheduler=luigi.scheduler.Scheduler(), worker_processes=1) as w:
+        w.add(_Top(n=n))
+        t_add = time.perf_counter() - t
+        w.run()
+    t_all, tasks = time.perf_counter() - t, n * stages + 1
+    return {"tasks": tasks, "schedule_s": round(t_add, 3), "schedule_and_run_s": round(t_all, 3),
+            "ms_per_task": round(1e3 * t_all / tasks, 3), "complete_calls_per_task": round(calls[0] / tasks, 2)}
 
 
 def check_costs(store: str) -> dict:
     """Seconds of the no-op rerun's checks (issue 19 items 4 and 9) on ``store``."""
     sys.path.insert(0, os.path.dirname(HERE))
-    from pipeline.base import sweep_stale_temps
+    from pipeline.files import sweep_stale_temps
     from pipeline.catalog import record_problems, records
 
     recs = [r for r in records(store, DATASET).values() if "files" in r]
@@ -60,7 +139,8 @@ def check_costs(store: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clips", type=int, default=1500)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="clips per batch (default: BuildShards' automatic size, docs/scale.md)")
     ap.add_argument("--out", help="work folder (kept); default a temporary folder, removed")
     ap.add_argument("--video", action="store_true",
                     help="build the visual chain too (default: audio-only shards, --video false)")
@@ -71,9 +151,10 @@ def main() -> None:
     try:
         manifest, audio_s = replicate(os.path.join(work, "corpus"), args.clips)
         store = os.path.join(work, "store")
-        luigi_bin = [shutil.which("luigi") or "luigi"]
         video = () if args.video else ("--video", "false")
-        run = (lambda *extra: build(luigi_bin, manifest, store, batch_size=args.batch_size, extra=(*video, *extra)))
+        env = {"AV_STORE_HASH_CACHE": os.path.join(work, "sha256.jsonl")}
+        run = (lambda *extra: build(manifest, store, batch_size=args.batch_size, log=os.path.join(work, "tasks.jsonl"),
+                                    env=env, extra=(*video, *extra)))
         full = run()
         noop = run()
         hop = run("--Segment-hop-frames", "30")
@@ -86,24 +167,30 @@ def main() -> None:
             f.truncate(os.path.getsize(victim) // 2)
         repair = run()
         shard_files = glob.glob(os.path.join(store, DATASET, "shards", "*", "shard-*.h5"))
-        builds = {}
+        builds, used = {}, set()
         for path in glob.glob(os.path.join(store, DATASET, "builds", "*.json")):
             with open(path) as f:
-                shards = json.load(f)["shards"]
+                record = json.load(f)
+            shards = record["shards"]
+            used.add(record.get("batch_size_used"))
             builds[os.path.basename(path)] = {"shards": len(shards),
                                               "shard_dirs": len({os.path.dirname(s) for s in shards})}
         frac = hop["wall_s"] / full["wall_s"]
+        target_noop = TARGET_NOOP_S if args.clips <= LARGE else TARGET_NOOP_S_LARGE
         out = {"benchmark": "rerun", "clips": args.clips, "audio_s": round(audio_s, 3), "workers": 2, "video": args.video,
-               "batch_size": args.batch_size, "full_build": {**full, "rtf": round(audio_s / full["wall_s"], 1)},
+               "batch_size": args.batch_size, "batch_size_used": sorted(used, key=str),
+               "full_build": {**full, "rtf": round(audio_s / full["wall_s"], 1)},
                "noop_rerun": noop, "hop30_rerun": {**hop, "fraction_of_full": round(frac, 4)},
                "noop_checks": costs, "rerun_after_one_truncated_shard": repair,
+               "luigi_own_cost": luigi_own_cost(full["tasks_scheduled"]),
                "store": {"shard_files": len(shard_files),
                          "shard_dirs": len({os.path.dirname(s) for s in shard_files}),
                          "stage_dirs": {s: len(glob.glob(os.path.join(store, DATASET, s, "*")))
                                         for s in ("decode", "vad", "prosody", "logmel", "segment", "shards")},
                          "builds": builds},
-               "targets": {"noop_rerun_s": TARGET_NOOP_S, "hop30_fraction": TARGET_HOP_FRACTION},
-               "met": {"noop_rerun": noop["wall_s"] <= TARGET_NOOP_S, "hop30_rerun": frac <= TARGET_HOP_FRACTION},
+               "targets": {"noop_rerun_s": target_noop, "hop30_fraction": TARGET_HOP_FRACTION},
+               "met": {"noop_rerun": noop["wall_s"] <= target_noop, "hop30_rerun": frac <= TARGET_HOP_FRACTION},
+               "machine": f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}",
                "work_dir": work if args.out else None}
         print(json.dumps(out, indent=1))
     finally:

@@ -19,6 +19,9 @@ Measured:
   on three of the encodes with the task's defaults (cold = first clip, warm = median of the rest),
   and detect/track once more with every re-detection over the whole frame (``full_every=None``),
   interleaved, so ``detect_track_speedup_from_regions`` is a ratio measured side by side.
+* ``faces_speedup_vs_reference`` (in ``stages_in_process``): CPU time per frame of the Faces
+  per-clip chain (``pipeline.video.faces_of_clip``) against the chain before issue 21
+  (``bench_faces.reference_faces_of_clip``), interleaved in the same process: a slow day slows both.
 * ``storage``: bytes per hour of video in the shards: ``video/crop``, ``video/crop_small`` (HDF5
   storage size, as written), the whole shard files, and the whole store (every
   stage's outputs, e.g. the ``Faces`` batch files, which hold the crops as well).
@@ -146,6 +149,19 @@ def stage_times(paths: list[str]) -> dict:
             runs[-1]["detect_track_whole_frame"] = 1000 * whole / len(frames)
             if rep == 0:
                 found.append(float(ok.mean()))
+    # the Faces chain against the reference (the chain before issue 21, bench_faces.py), interleaved in
+    # this process, so the speed-up is a ratio measured side by side, not against another day's run
+    from bench_faces import reference_faces_of_clip
+    from pipeline.video import faces_of_clip
+
+    cpu = {"current": [], "reference": []}
+    for rep in range(2):
+        for kind in ("current", "reference") if rep % 2 == 0 else ("reference", "current"):
+            run = faces_of_clip if kind == "current" else reference_faces_of_clip
+            c0, n = time.process_time(), 0
+            for p in paths:
+                n += len(run(p, fps=None, detect=detect, predictor=predictor)[1]["found"])
+            cpu[kind].append(1000 * (time.process_time() - c0) / n)
     cold = {k: round(runs[0][k], 2) for k in names}
     warm = {k: round(statistics.median(r[k] for r in runs[1:]), 2) for k in names}
     total = sum(warm.values())
@@ -158,6 +174,8 @@ def stage_times(paths: list[str]) -> dict:
             "detect_track_whole_frame_ms_per_frame": round(whole, 2),
             "detect_track_speedup_from_regions": round(whole / warm["detect_track"], 2),
             "faces_path_rtf_one_core": round(1000 / FPS / total, 2),
+            "faces_of_clip_cpu_ms_per_frame": {k: round(min(v), 3) for k, v in cpu.items()},
+            "faces_speedup_vs_reference": round(min(cpu["reference"]) / min(cpu["current"]), 3),
             "face_found_fraction": round(float(np.mean(found)), 3)}
 
 

@@ -12,12 +12,12 @@ weights of their own: the raw waveform (the SincNet input of Priyasad et al. §2
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 
 import numpy as np
 
 from features.errors import ParameterError
+from features.hashing import sha256_file
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: dlib's same-person threshold for its ResNet descriptor (dlib face_recognition.py example:
@@ -97,11 +97,7 @@ def batched_forward(fn, x: np.ndarray, *, batch_size: int = 64, device: str = "c
 # -- weight files -------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

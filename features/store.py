@@ -5,7 +5,7 @@ whose rows are one kind of thing, plus ``offsets`` when the rows are ragged per 
 rows ``offsets[c]:offsets[c + 1]`` belong to clip ``c`` (the clip's index in ``clips/id``).
 No HDF5 variable-length numeric data; strings are UTF-8. Root attributes are JSON strings.
 
-Layout of a shard (``h5ls -r`` output is in README.md)::
+Layout of a shard (``h5ls -r`` output is in docs/shard-format.md)::
 
     /clips/{id, status, reason, label, speaker, transcript, source, source_sha256,
             orig_sr, n_channels, duration_s, video_status, video_reason, fps, width, height,
@@ -90,22 +90,20 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from features import registry
 from features.errors import CorruptShard, ParameterError, ShardError, UnsafeShard
 
 #: 1: Blosc/gzip/lzf chunks; 2: every chunked dataset also has a fletcher32 checksum (issue 19).
 #: Both read; the version is part of every stage's hash chain (see the module docstring).
 FORMAT_VERSION = 2
 CHECKSUM = "fletcher32"
-#: feature name (as models.data names them) -> the dataset that holds it
-FEATURES = {"logmel": "frames/logmel", "units": "units/kind", "crop": "video/crop", "crop_small": "video/crop_small",
-            "pca": "video/pca", "vggish": "vggish/embedding", "vggish_window": "windows/vggish",
-            "descriptor": "video/descriptor", "vggface": "video/vggface", "glove": "text/glove",
-            "waveform": "audio/waveform"}
-FACE_EMBEDDINGS = ("descriptor", "vggface")
+#: feature name (as models.data names them) -> the dataset that holds it (``features.registry``)
+FEATURES = {f.name: f.dataset for f in registry.FEATURES}
+FACE_EMBEDDINGS = tuple(f.name for f in registry.FEATURES if f.visual and f.embedding)
 CHUNK_BYTES = 256 * 1024
 #: Compressor names: None, "gzip" (level 4) and "lzf" (h5py's own filters), "blosc-zstd" (Blosc's
 #: zstd at level 1 through hdf5plugin); each with the byte shuffle for items wider than one byte.
-#: Chosen by measurement on the demo shard (README "Benchmarks"): against gzip, blosc-zstd writes
+#: Chosen by measurement on the demo shard (docs/benchmarks.md): against gzip, blosc-zstd writes
 #: 5-7× faster and decompresses ~3× faster (the DataLoader's windows/s is the same within noise,
 #: bench_reader.py), for files 3-6 % larger on the float features (waveform
 #: 1.36× vs 1.44×, log-mel 2.23× vs 2.32×); on the uint8 face crops, 1.33× against lzf's 1.22× at
@@ -683,7 +681,7 @@ class Shard:
         """Clip ``clip``'s series: ``time`` (n,) s, ``valence``, ``arousal`` (n,); n = 0 when it has none."""
         if not self.has_labels_t:
             raise KeyError(f"{self.path} has no time-continuous labels (/labels_t): name a continuous_labels "
-                           f"file in the manifest (README 'Time-continuous labels') and rebuild")
+                           f"file in the manifest (docs/corpora.md) and rebuild")
         return {k: self._ragged("labels_t", k, clip) for k in ("time", "valence", "arousal")}
 
     # -- per-unit segment labels (issue 18 item 7; present when ``has_unit_labels``) ----------------
@@ -697,7 +695,7 @@ class Shard:
         (n_units,) str, "" where not annotated; one row per row of ``units(clip)``."""
         if not self.has_unit_labels:
             raise KeyError(f"{self.path} has no segment labels (/unit_labels): name a segment_labels file "
-                           f"in the manifest (README 'Segment labels') and rebuild")
+                           f"in the manifest (docs/corpora.md) and rebuild")
         f = self._file()
         return {k: np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v)
                              for v in self._ragged("unit_labels", k, clip)], dtype=object)

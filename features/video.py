@@ -53,6 +53,7 @@ def iter_video(path: str | os.PathLike, *, fps: float | None = None, max_frames:
 
 def _frames(path, *, fps, max_frames, info):
     import av
+    from av.video.reformatter import VideoReformatter
 
     try:
         container = av.open(os.fspath(path))
@@ -67,6 +68,9 @@ def _frames(path, *, fps, max_frames, info):
                     rotation=0, n_frames=0, duration_s=_declared_duration(container, stream))
         tb = float(stream.time_base) if stream.time_base is not None else None
         origin = _audio_origin(container)  # seconds; None: the first video frame's pts
+        # one converter for the stream: ``frame.to_ndarray(format="rgb24")`` makes a new swscale
+        # context for every frame (~0.2 ms of ~0.9 ms per 854×480 frame); the pixels are the same
+        to_rgb = VideoReformatter()
         n = 0
         try:
             for frame in container.decode(stream):
@@ -79,7 +83,7 @@ def _frames(path, *, fps, max_frames, info):
                 else:
                     raise ClipError("decode_error", "frames have no pts and the stream no frame "
                                                     "rate; pass fps=")
-                image = frame.to_ndarray(format="rgb24")
+                image = to_rgb.reformat(frame, format="rgb24").to_ndarray()
                 k = _quarter_turns(frame.rotation)
                 if k:
                     image = np.ascontiguousarray(np.rot90(image, k))

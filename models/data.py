@@ -57,29 +57,20 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from features import registry
 from features.errors import ParameterError, ShardError
 from features.store import Shard, read_attrs
 
-# name -> (kind, HDF5 dataset whose presence means the feature is in the shard, how to enable it)
-_EMB = "build the shards with the embedding stage (README 'Pretrained embeddings')"
-FEATURES = {
-    "logmel": ("window", "frames/logmel", "it is part of every shard; rebuild the shards"),
-    "crop": ("window", "video/crop", "build the shards with the visual chain (Faces, Align)"),
-    "crop_small": ("window", "video/crop_small", "build the shards with the visual chain (Faces, Align)"),
-    "pca": ("window", "video/pca", "build the shards with the visual chain (LandmarkPCA)"),
-    "vggish_window": ("window", "windows/vggish", f"{_EMB} with VGGish weights"),
-    "descriptor": ("window", "video/descriptor", f"{_EMB} (dlib face descriptor)"),
-    "vggface": ("window", "video/vggface", f"{_EMB} with VGGFace enabled"),
-    "vggish": ("clip", "vggish/embedding", f"{_EMB} with VGGish weights"),
-    "glove": ("clip", "text/glove", f"{_EMB} with GloVe vectors and a transcript column"),
-    "waveform": ("clip", "audio/waveform", f"{_EMB} (waveform)"),
-}
-VISUAL = ("crop", "crop_small", "pca", "descriptor", "vggface")
+# name -> (how a trainer reads it: "window" | "clip", the HDF5 dataset whose presence means the feature
+# is in the shard, how to enable it): from ``features.registry``, where each feature is declared once
+FEATURES = {name: (f.read, f.dataset, f.enable) for name, f in registry.trainer_features().items()}
+VISUAL = tuple(name for name, f in registry.trainer_features().items() if f.visual)
 MODES = ("window", "clip", "segment")
 #: per-segment batch keys (clip / segment mode, from /unit_labels): (B, S) long, -1 = none
 SEGMENT_KEYS = {"segment_label": "label", "segment_label_audio": "audio_label",
                 "segment_label_visual": "visual_label", "sound_type": "sound_type"}
-SEGMENT_FEATURES = ("logmel", "crop", "crop_small", "pca", "descriptor", "vggface")
+SEGMENT_FEATURES = tuple(name for name, f in registry.trainer_features().items() if f.read == "window" and f.per_frame)
+NORMALISED = tuple(name for name, f in registry.trainer_features().items() if f.normalise)
 WINDOW_FRAMES, WINDOW_HOP = 64, 34  # AVEF §2.1.1 (features.segments)
 
 
@@ -768,8 +759,7 @@ def loader(dataset: ShardDataset, *, batch_size: int, shuffle: bool = False, num
                       persistent_workers=num_workers > 0, drop_last=drop_last)
 
 
-def fit_norm(dataset: ShardDataset, *, features=("logmel", "pca", "vggish_window", "descriptor", "vggface",
-                                                   "vggish"), max_items: int = 2000, seed: int = 0) -> dict:
+def fit_norm(dataset: ShardDataset, *, features=NORMALISED, max_items: int = 2000, seed: int = 0) -> dict:
     """Per-feature mean and std over (a seeded sample of) ``dataset``'s items: call it on the
     training part only. ``logmel`` gets one value per (channel, mel band), vectors one per
     dimension; images (crops) and text are left as they are. Windows without video are left out

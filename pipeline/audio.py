@@ -1,25 +1,17 @@
 """The audio stages: Decode → {VAD, Prosody, LogMel} → Segment. Each works on one batch of clips."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 
 import luigi
 import numpy as np
 
+from features.hashing import sha256_file
 from pipeline.base import BatchTask
 from pipeline.isolated import IsolatedDecoder
 
 logger = logging.getLogger("luigi-interface")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_input(task: luigi.Task, *groups: str) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import fcntl
 import functools
 import getpass
 import hashlib
@@ -21,15 +20,14 @@ import logging
 import math
 import os
 import platform
-import secrets
 import shutil
-import socket
 import zlib
 from contextlib import contextmanager
 from importlib import metadata
 
 import luigi
 
+from pipeline.files import _remove, atomic_path, file_facts, file_problem, locked, publish, remove_stale_temps, temp_name
 from pipeline.manifest import Clip, get_dataset
 
 logger = logging.getLogger("luigi-interface")
@@ -50,6 +48,38 @@ def batch_of(clip_id: str, n_batches: int) -> int:
 
 def n_batches(n_clips: int, batch_size: int) -> int:
     return max(1, math.ceil(n_clips / batch_size))
+
+
+DEFAULT_BATCH_SIZE = 64  # clips per batch unless the corpus would need more than MAX_BATCHES batches
+MAX_BATCHES = 128  # batches per dataset at most, when the batch size is automatic (docs/scale.md)
+
+
+def auto_batch_size(n_clips: int, *, batch_size: int = DEFAULT_BATCH_SIZE, max_batches: int = MAX_BATCHES) -> int:
+    """Clips per batch for a dataset of ``n_clips``: ``batch_size`` (64), unless that makes more than
+    ``max_batches`` batches; then just enough clips per batch for ``max_batches``. Corpora up to
+    ``batch_size * max_batches`` clips (8,192) keep today's batches; above, the task count stays flat
+    (Luigi's scheduler costs grow with the square of it: docs/scale.md)."""
+    if batch_size < 1 or max_batches < 1:
+        raise ValueError(f"batch_size and max_batches must be >= 1, got {batch_size} and {max_batches}")
+    return max(batch_size, math.ceil(n_clips / max_batches))
+
+
+_BATCHES: dict = {}  # (id(clips), n_batches) -> (clips, {batch: clips of the batch})
+
+
+def batches_of(clips: tuple, k: int) -> dict[int, tuple]:
+    """``{batch: its clips}`` for ``k`` batches (``batch_of``), the clips' order kept; computed once
+    per clip tuple (``Dataset.clip_tuple``) and ``k``: every task of every batch asks (docs/scale.md:
+    at 100,000 clips and 1,563 batches, one pass per task took minutes)."""
+    hit = _BATCHES.get((id(clips), k))
+    if hit is None or hit[0] is not clips:
+        out: dict[int, list] = {}
+        for c in clips:
+            out.setdefault(batch_of(c.id, k), []).append(c)
+        if len(_BATCHES) >= 16:
+            _BATCHES.clear()
+        hit = _BATCHES[id(clips), k] = (clips, {b: tuple(cs) for b, cs in out.items()})
+    return hit[1]
 
 
 def library_versions() -> dict:
@@ -84,153 +114,6 @@ def _warm_up() -> None:
     threadpoolctl.threadpool_limits(1)
     audio.warm_up()
     store.warm_up()
-
-
-# -- atomic, no-clobber writes (issue 6: concurrent builds, SIGKILL) -------------------------------
-TMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<host>-<pid>-<random>": hidden, never *.h5
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stale(entry: str, host: str) -> bool:
-    """``entry`` is a temporary file name of a dead process of ``host``."""
-    if not entry.startswith(".") or TMP_MARK not in entry:
-        return False
-    owner = entry.rsplit(TMP_MARK, 1)[1].rsplit("-", 2)  # host (may hold '-'), pid, random
-    return len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _pid_alive(int(owner[1]))
-
-
-def _remove(path: str) -> bool:
-    try:
-        os.remove(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def remove_stale_temps(path: str) -> list[str]:
-    """Remove the temporary files of ``path`` left by dead processes of this host (a build killed
-    with SIGKILL leaves its temporary file behind; the rerun of the same task removes it)."""
-    folder, name = os.path.split(path)
-    prefix, host = f".{name}{TMP_MARK}", socket.gethostname()
-    try:
-        entries = os.listdir(folder or ".")
-    except FileNotFoundError:
-        return []
-    return [e for e in entries if e.startswith(prefix) and _stale(e, host) and _remove(os.path.join(folder, e))]
-
-
-def sweep_stale_temps(root: str) -> list[str]:
-    """Remove every temporary file under ``root`` left by a dead process of this host (issue 19
-    item 9): a kill between ``os.link()`` and ``os.remove()`` in ``publish`` leaves a hidden temp
-    beside a *complete* output, which no rerun of that task would ever reach. ``BuildShards``
-    calls this once per build; only names holding ``TMP_MARK`` are looked at. Returns the paths."""
-    host, removed = socket.gethostname(), []
-    for folder, _, names in os.walk(root):
-        removed += [os.path.join(folder, n) for n in names
-                    if _stale(n, host) and _remove(os.path.join(folder, n))]
-    for path in removed:
-        logger.info("removed the temporary file %s of a dead process", path)
-    return removed
-
-
-def temp_name(path: str) -> str:
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def publish(tmp: str, path: str, *, replace: bool = False) -> bool:
-    """Give the finished file ``tmp`` the name ``path`` atomically, keeping a file already there
-    (a concurrent build's identical output: its bytes, and the sha256 recorded for it, stay).
-    Returns False when ``path`` existed (``tmp`` is then removed). ``replace``: take the place
-    of a file already there (a damaged output being repaired, a build record)."""
-    if replace:
-        os.replace(tmp, path)
-        return True
-    try:
-        os.link(tmp, path)  # atomic and fails when path exists
-    except FileExistsError:
-        os.remove(tmp)
-        return False
-    except OSError:  # a file system without hard links: rename (atomic, last writer wins)
-        os.replace(tmp, path)
-        return True
-    os.remove(tmp)
-    return True
-
-
-@contextmanager
-def atomic_path(path: str, *, replace: bool = False):
-    """``with atomic_path(p) as tmp: write(tmp)``: readers see ``p`` whole or not at all; a
-    failure or a kill leaves only a hidden temporary file, removed by the next attempt."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    remove_stale_temps(path)
-    tmp = temp_name(path)
-    try:
-        yield tmp
-        publish(tmp, path, replace=replace)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-@contextmanager
-def locked(folder: str):
-    """An exclusive ``flock`` on ``folder`` (no lock file is left): publishing an output and
-    recording its sha256 in ``stage.json`` are one step for the processes of this host. Where
-    the file system has no ``flock`` the step runs unlocked."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as err:
-            logger.debug("no lock on %s: %s", folder, err)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-# -- the build lock of a dataset (issue 20 item 3: avstore gc never removes what a build writes) ---
-_BUILD_LOCKS: dict = {}  # (store, dataset) -> the open folder whose shared flock this process holds
-
-
-def hold_build_lock(store: str, dataset: str) -> None:
-    """A shared ``flock`` on the folder ``store/<dataset>`` for the duration of a build
-    (``BuildShards.complete()`` takes it before any stage is scheduled; ``release_build_lock``
-    when the build ends; the kernel releases it when the process dies, SIGKILL included). Builds
-    share it; ``avstore gc`` takes it exclusively, so gc refuses while a build of this machine
-    runs, and a build that starts during a gc waits for it. No lock file is left. Idempotent."""
-    key = (os.path.abspath(store), dataset)
-    folder = os.path.join(store, dataset)
-    fd = _BUILD_LOCKS.get(key)
-    try:
-        if fd is None:
-            os.makedirs(folder, exist_ok=True)
-            fd = _BUILD_LOCKS[key] = os.open(folder, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("%s: avstore gc is running there; waiting for it to finish", folder)
-            fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError as err:  # a read-only store, a file system without flock: build unlocked
-        logger.debug("no build lock on %s: %s", folder, err)
-
-
-def release_build_lock(store: str, dataset: str) -> None:
-    fd = _BUILD_LOCKS.pop((os.path.abspath(store), dataset), None)
-    if fd is not None:  # unlock first: in a forked worker (--workers N) the parent's copy of fd stays open
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
 
 
 # -- disk full (issue 19 item 2) -------------------------------------------------------------------
@@ -351,9 +234,8 @@ class BatchTask(luigi.Task):
 
     # -- clips --------------------------------------------------------------------------------
     def clips(self) -> list[Clip]:
-        all_clips = get_dataset(self.manifest, self.dataset).list_clips()
-        k = n_batches(len(all_clips), self.batch_size)
-        return [c for c in all_clips if batch_of(c.id, k) == self.batch]
+        all_clips = get_dataset(self.manifest, self.dataset).clip_tuple()
+        return list(batches_of(all_clips, n_batches(len(all_clips), self.batch_size)).get(self.batch, ()))
 
     # -- the hash chain -----------------------------------------------------------------------
     def own_params(self) -> dict:
@@ -409,7 +291,6 @@ class BatchTask(luigi.Task):
 
     def output_problem(self, *, trust_stat: bool = True) -> str | None:
         """What is wrong with the output against its record in ``stage.json``, or None."""
-        from pipeline.catalog import file_problem
 
         path = self.output().path
         meta = self.stage_json().get("files", {}).get(os.path.basename(path))
@@ -430,7 +311,6 @@ class BatchTask(luigi.Task):
 
     def record_output(self) -> None:
         """Record the output's sha256, size and mtime in ``stage.json`` (call under ``locked``)."""
-        from pipeline.catalog import file_facts
 
         path = self.output().path
         doc = self.stage_json()

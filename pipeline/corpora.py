@@ -858,7 +858,7 @@ def summary(name: str, imp: Imported, out: str, show: int) -> list[str]:
 
 
 def add_parser(sub) -> None:
-    """The ``import`` sub-command of ``avstore`` (``pipeline.catalog.main``)."""
+    """The ``import`` sub-command of ``avstore`` (``pipeline.cli.main``)."""
     p = sub.add_parser("import", help="write labels.csv for a corpus as distributed and print its manifest entry "
                                       "(docs/corpora.md)")
     p.add_argument("corpus", choices=sorted(CORPORA))

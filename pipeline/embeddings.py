@@ -21,6 +21,7 @@ import os
 import luigi
 import numpy as np
 
+from features import registry
 from pipeline.audio import Decode, Segment, clip_rows, clip_table, read_input
 from pipeline.base import BatchTask
 from pipeline.manifest import get_dataset
@@ -38,7 +39,7 @@ def require_file(path: str, *, section: str, key: str, feature: str, what: str) 
         raise FileNotFoundError(
             f"{feature}: the {what} {path!r} does not exist (configured as `{key}` under [{section}] in "
             f"workflows.cfg, or --{section}-{key.replace('_', '-')} on the command line). Put the file there "
-            f"or point `{key}` at it (README, 'Pretrained embeddings'); {_switch_off(section, key, feature)}.")
+            f"or point `{key}` at it (docs/embeddings.md); {_switch_off(section, key, feature)}.")
 
 
 def file_identity(path: str) -> str | None:
@@ -180,7 +181,8 @@ class FaceDescriptor(BatchTask):
 
     STAGE = "descriptor"
     CODE_VERSION = "1"
-    every = luigi.IntParameter(default=1, description="run the network on every k-th frame with a face")
+    every = luigi.IntParameter(default=5, description="run the network on every k-th frame with a face (1: every "
+                                                      "frame); the others take the nearest one's")
     flip = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                description="average each chip's descriptor with its mirror image's (2x the cost)")
 
@@ -239,6 +241,8 @@ class VGGFace(InferenceTask):
     weights = luigi.Parameter(default="", description="vgg_face_dag-style state_dict; empty = VGGFace off")
     image_size = luigi.IntParameter(default=224, description="network input side, px (224 VGG-Face, 72 Hsu & Wu)")
     layer = luigi.Parameter(default="conv5_3", description="conv5_3 (spatial mean), pool5, fc6 or fc7")
+    infer_batch_size = luigi.IntParameter(default=32, significant=False,   # 224 px VGG-16: half VGGish's batch
+                                          description="inputs per forward pass (does not change outputs)")
 
     def requires(self):
         return {"faces": self.clone(Faces)}
@@ -316,4 +320,5 @@ class GloVe(BatchTask):
                     "text": {"glove": out["glove"], "length": out["length"], "oov": out["oov"].astype(np.uint8)}})
 
 
-EMBEDDINGS = {"descriptor": FaceDescriptor, "waveform": Waveform, "glove": GloVe, "vggish": VGGish, "vggface": VGGFace}
+#: ``[Shard] embeddings`` entry -> its stage, in ``features.registry`` order (where each is declared)
+EMBEDDINGS = {name: globals()[registry.stage_features(name)[0].stage] for name in registry.embedding_stages()}

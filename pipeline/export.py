@@ -15,7 +15,7 @@ shard also says what it is in its root attribute ``export`` (JSON: codec, source
 
 ``--exclude`` drops datasets (or groups) a model does not read, e.g. ``video/crop`` to ship only
 the 72 px crops, or ``audio`` (the waveform); ``clips``, ``windows`` and the ``offsets`` of a group
-that stays are kept. The codecs, measured on the demo build (README "Portable copies"): gzip
+that stays are kept. The codecs, measured on the demo build (docs/training.md, "Portable copies"): gzip
 gives the smallest files and reads ~3× slower than Blosc; lzf reads nearly as fast as Blosc.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def pick(store: str, dataset: str | None, build: str | None) -> tuple[str, str, 
 
 
 def _write_json(path: str, doc: dict) -> None:
-    from pipeline.base import atomic_path
+    from pipeline.files import atomic_path
 
     with atomic_path(path, replace=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1, sort_keys=True, default=str)
@@ -79,7 +79,7 @@ def export(store: str, out: str, *, dataset: str | None = None, build: str | Non
            exclude=(), log=print) -> dict:
     """Export one feature set of ``store`` to the store ``out`` (module docstring); returns
     {"dataset", "key", "files", "bytes_in", "bytes_out", "seconds"}."""
-    from pipeline.base import atomic_path
+    from pipeline.files import atomic_path
 
     if codec not in CODECS:
         raise ExportError(f"--codec {codec}: one of {', '.join(CODECS)}")

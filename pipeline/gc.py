@@ -19,7 +19,7 @@ A kept record without ``stage_outputs`` (written before gc existed) keeps every 
 its dataset, one without ``files`` every shard too; gc says so. An unreadable record, a live
 temporary file (a process of this machine writing; or any process of another machine) or a
 running build make gc refuse the dataset: it takes the dataset's build lock
-(``pipeline.base.hold_build_lock``) exclusively, without waiting, and holds it while it works.
+(``pipeline.files.hold_build_lock``) exclusively, without waiting, and holds it while it works.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from pipeline.base import TMP_MARK, _pid_alive, atomic_path
+from pipeline.files import TMP_MARK, _pid_alive, atomic_path
 from pipeline.catalog import _size, datasets, record_problems, records
 
 SHARDS = "shards"  # Shard.STAGE: the folder of the shards, the only stage outputs a build record lists in "files"
@@ -296,7 +296,7 @@ def format_plan(p: Plan, *, dry_run: bool) -> str:
 
 
 def main(store: str, args) -> int:
-    """``avstore gc`` (arguments parsed by ``pipeline.catalog.main``)."""
+    """``avstore gc`` (arguments parsed by ``pipeline.cli.main``)."""
     def fail(msg):
         print(f"avstore gc: {msg}", file=sys.stderr)
         return 1

@@ -47,6 +47,7 @@ import reprlib
 import numpy as np
 import yaml
 
+from features.hashing import sha256_file
 from features.labels import SEGMENT_LABEL_COLUMNS, SOUND_TYPES
 
 PROTOCOLS = ("loso", "logso", "kfold", "fixed")
@@ -99,12 +100,18 @@ class Clip:
     def identity(self) -> dict:
         """What makes this clip's source unique (hashed into the Decode stage): its content
         (sha256), not its mtime, so that a teammate's copy of the corpus has the same hash chain
-        and finds the shards built from it in a shared remote (README "Sharing shards")."""
+        and finds the shards built from it in a shared remote (docs/sharing.md)."""
         if self.path is None:
             return {"id": self.id, "file": None}
         st = os.stat(self.path)
-        return {"id": self.id, "file": os.path.basename(self.path), "size": st.st_size,
-                "sha256": file_sha256(self.path, st.st_size, st.st_mtime_ns, st.st_ino)}
+        same = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # hard links are one file: hashed once
+        sha = _INODE_SHA256.get(same)
+        if sha is None:
+            sha = _INODE_SHA256[same] = file_sha256(self.path, st.st_size, st.st_mtime_ns, st.st_ino)
+        return {"id": self.id, "file": os.path.basename(self.path), "size": st.st_size, "sha256": sha}
+
+
+_INODE_SHA256: dict = {}  # (device, inode, size, mtime_ns) -> sha256, this process (docs/scale.md)
 
 
 def _hash_cache_path() -> str:
@@ -141,18 +148,15 @@ def file_sha256(path: str, size: int, mtime_ns: int, inode: int = 0) -> str:
     cache = _hash_cache_path()
     if cache and key in _known_hashes(cache):
         return _known_hashes(cache)[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    sha = sha256_file(path)
     if cache:
         try:  # one short line per write, appended: concurrent builds cannot tear each other's lines
             os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
             with open(cache, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": key, "sha256": h.hexdigest()}) + "\n")
+                f.write(json.dumps({"key": key, "sha256": sha}) + "\n")
         except OSError:
             pass  # a read-only home: hash again next time
-    return h.hexdigest()
+    return sha
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: one object per loaded manifest
@@ -185,6 +189,11 @@ class Dataset:
 
     def list_clips(self) -> list[Clip]:
         return list(_list_clips(self))
+
+    def clip_tuple(self) -> tuple[Clip, ...]:
+        """The clips sorted by id, as the cached (shared, immutable) tuple: no copy. While the
+        labels CSV is unchanged, every call returns the same object."""
+        return _list_clips(self)
 
     def continuous_series(self) -> dict[str, tuple] | None:
         """``{clip id: (time (n,) float64 s, valence (n,) float32, arousal (n,) float32)}`` from the
@@ -445,10 +454,13 @@ def get_dataset(path: str | os.PathLike, name: str) -> Dataset:
 
 def _clip_files(ds: Dataset, root: str) -> dict[str, list[str]]:
     """The files the ``clips`` glob matches, by clip id (file name without its extension)."""
-    files = {}
+    files, dirs = {}, {}
     for p in glob.glob(os.path.join(root, ds.clips), recursive=True):
         if os.path.isfile(p):
-            if not inside(p, root):  # a symbolic link out of the corpus
+            folder = os.path.dirname(p)
+            if folder not in dirs:  # one realpath per folder, not per file (docs/scale.md: 100,000 clips)
+                dirs[folder] = inside(folder, root)
+            if not (dirs[folder] and not os.path.islink(p)) and not inside(p, root):  # a link out of the corpus
                 raise ManifestError(f"{ds.manifest}: dataset {ds.name!r}: field 'clips': {p} leads to "
                                     f"{os.path.realpath(p)}, outside the root {root}; copy the file "
                                     f"into the root or make the root a folder that holds it")

@@ -10,7 +10,7 @@ Pulling (``avstore pull``, or ``Shard.complete()`` during a build when ``[remote
 streams the file into a hidden temporary name in the destination folder while hashing it,
 compares sha256 and size with the remote's record, checks that the HDF5 file carries the
 expected dataset and hash-chain digest and points nowhere outside itself
-(``features.store.check_closed``), and only then gives it its name (``base.publish``): a reader
+(``features.store.check_closed``), and only then gives it its name (``pipeline.files.publish``): a reader
 never sees a half-written or unverified shard. A recorded size above ``[remote] max_file_bytes``
 or the free disk is refused before a byte is read, and no more bytes than recorded are ever
 written. A shard that fails verification is left out with a warning naming it, and the build
@@ -36,7 +36,7 @@ import urllib.parse
 
 import luigi
 
-from pipeline.base import atomic_path, publish, remove_stale_temps, temp_name
+from pipeline.files import atomic_path, publish, remove_stale_temps, temp_name
 
 logger = logging.getLogger("luigi-interface")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -302,7 +302,8 @@ def _select(recs: dict, build: str | None, where: str) -> dict:
 def push(store: str, r: Remote, dataset: str, build: str | None = None) -> dict:
     """Upload the shards, stage.json files and build records of ``dataset``'s feature sets.
     A local shard whose sha256 no longer matches its record is refused (run ``avstore verify``)."""
-    from pipeline.catalog import records, sha256_file
+    from features.hashing import sha256_file
+    from pipeline.catalog import records
 
     n = {"files": 0, "bytes": 0, "skipped": 0, "builds": 0}
     for key, rec in _select(records(store, dataset), build, f"{store}/{dataset}/builds").items():

@@ -379,7 +379,7 @@ def report(store: str, out: str, *, dataset: str | None = None, build: str | Non
     if module and len(rows) > sheets:
         notes.append(f"Contact sheets of the {sheets} worst clips (--sheets); python scripts/contact_sheet.py "
                      f"SHARD CLIP_ID draws any other.")
-    from pipeline.base import atomic_path
+    from pipeline.files import atomic_path
 
     index = os.path.join(out, "index.html")
     with atomic_path(index, replace=True) as tmp, open(tmp, "w", encoding="utf-8") as f:

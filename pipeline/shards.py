@@ -12,16 +12,18 @@ import time
 import luigi
 import numpy as np
 
+from features import registry
 from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment, clip_table, read_input
 from pipeline.video import Align, Faces, LandmarkPCA
-from pipeline.base import (BatchTask, StoreTarget, array_bytes, atomic_path, digest, hold_build_lock, logger,
-                           n_batches, paths, release_build_lock, sweep_stale_temps)
+from pipeline.base import (MAX_BATCHES, BatchTask, StoreTarget, array_bytes, auto_batch_size, digest, logger,
+                           n_batches, paths)
+from pipeline.files import atomic_path, hold_build_lock, release_build_lock, sweep_stale_temps
 from pipeline.catalog import build_facts, record_problems, refresh_records
 from pipeline.embeddings import EMBEDDINGS
 from pipeline.manifest import get_dataset
 
 SHARD_CODE_VERSION = "2"
-VIDEO_EMBEDDINGS = ("descriptor", "vggface")  # computed from the Faces crops: not in audio-only shards
+VIDEO_EMBEDDINGS = registry.visual_stages()  # computed from the Faces crops: not in audio-only shards
 
 
 class Shard(BatchTask):
@@ -34,7 +36,7 @@ class Shard(BatchTask):
                                 description="build the visual chain too (false: audio-only shards)")
 
     embeddings = luigi.ListParameter(
-        default=("descriptor", "waveform", "glove", "vggish", "vggface"),
+        default=registry.embedding_stages(),
         description="embedding stages that may be built; glove, vggish and vggface also need their file "
                     "configured ([GloVe] path, [VGGish] weights, [VGGFace] weights), glove a transcript column")
 
@@ -53,9 +55,10 @@ class Shard(BatchTask):
             task = self.clone(EMBEDDINGS[name])
             if name in VIDEO_EMBEDDINGS and not self.video:
                 continue
-            if name in ("vggish", "vggface") and not task.weights:
+            need = registry.needs(name)   # features.registry: what the stage needs besides being listed
+            if need == "weights" and not task.weights:
                 continue
-            if name == "glove" and not (task.path and self._has_transcripts()):
+            if need == "path+transcript" and not (task.path and self._has_transcripts()):
                 continue
             out.append(name)
         return out
@@ -215,19 +218,44 @@ def format_summary(dataset: str, s: dict, record: str) -> str:
 
 
 class BuildShards(luigi.Task):
-    """Entry point: ``luigi --module pipeline BuildShards --dataset NAME [--local-scheduler]``."""
+    """Entry point: ``luigi --module pipeline BuildShards --dataset NAME [--local-scheduler]``.
+
+    Batch size (docs/scale.md): ``--batch-size N`` sets the clips per batch (shard). Without it the
+    size is automatic (``base.auto_batch_size``): 64 clips per batch, unless the dataset would then
+    need more than ``--max-batches`` batches (128); then ceil(clips / 128) clips per batch. So a
+    dataset of up to 8,192 clips (the demo, BAUM-1) keeps the batches, paths and digests of a fixed
+    size of 64, and a larger one stays at most 128 batches, i.e. ~900 tasks audio-only, where
+    Luigi's own scheduling costs ~1 ms a task (at 4,000 tasks: 6 ms a task, growing with the
+    square of the count). An explicit ``--batch-size`` always wins, also over the cap. The size
+    used (``batch_size_used``) is written into the build record; the digests hold it through the
+    clips each batch holds (the first stage's chain lists them), not as a number.
+    """
 
     dataset = luigi.Parameter(description="dataset name in the manifest")
-    batch_size = luigi.IntParameter(default=64, description="clips per batch (shard)")
+    batch_size = luigi.OptionalIntParameter(default=None, description="clips per batch (shard); default: "
+                                            "automatic, 64 or as many as keep the batches <= --max-batches")
+    max_batches = luigi.IntParameter(default=MAX_BATCHES, description="with an automatic batch size: "
+                                     "batches (shards) per dataset at most (docs/scale.md)")
     manifest = luigi.Parameter(config_path={"section": "paths", "name": "manifest"})
     store = luigi.Parameter(config_path={"section": "paths", "name": "store"})
     video = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                 description="build the visual chain too (--video false: audio-only shards)")
 
+    def batch_size_used(self) -> int:
+        """``--batch-size`` when given, else ``auto_batch_size`` of the dataset's clip count."""
+        if self.batch_size is not None:
+            return self.batch_size
+        n = len(get_dataset(self.manifest, self.dataset).clip_tuple())
+        return auto_batch_size(n, max_batches=self.max_batches)
+
     def requires(self):
-        n = len(get_dataset(self.manifest, self.dataset).list_clips())
-        return [Shard(dataset=self.dataset, batch=k, batch_size=self.batch_size, manifest=self.manifest,
-                      store=self.store, video=self.video) for k in range(n_batches(n, self.batch_size))]
+        clips = get_dataset(self.manifest, self.dataset).clip_tuple()
+        if getattr(self, "_shards", (None,))[0] is not clips:  # asked many times: once per labels CSV
+            size = self.batch_size_used()
+            self._shards = (clips, [Shard(dataset=self.dataset, batch=k, batch_size=size, manifest=self.manifest,
+                                          store=self.store, video=self.video)
+                                    for k in range(n_batches(len(clips), size))])
+        return self._shards[1]
 
     def output(self):
         key = digest(sorted(t.chain_digest() for t in self.requires()))
@@ -298,6 +326,7 @@ class BuildShards(luigi.Task):
         summary = summarize([t.output().path for t in self.requires()])
         summary.update(build_facts(self.store, summary["shards"]))  # sha256 of each shard, config, builder
         summary["stage_outputs"] = self.stage_outputs()  # what avstore gc keeps for this build
+        summary["batch_size_used"] = self.requires()[0].batch_size  # docs/scale.md; no digest covers it
         path = self.output().path
         with atomic_path(path, replace=True) as tmp, open(tmp, "w") as f:  # replaces a record of damaged shards
             json.dump(summary, f, indent=1)

@@ -24,6 +24,35 @@ def face_models(detector: str, upsample: int):
     return face.make_detector(detector, upsample=upsample), landmarks.load_predictor(68)
 
 
+def faces_of_clip(path, *, fps, detect, predictor, detect_every=10, full_every=30, detect_width=320,
+                  max_gap=5, margin=0.9, crop_size=173, crop_size_small=72, gray=False) -> tuple[dict, dict]:
+    """What ``Faces`` computes for one clip (its defaults): decode, detect and track the subject's
+    face, 68 landmarks, key-point crops and the 49-point shape. ``bench/bench_faces.py`` times
+    this very function. ``gray``: ``detect`` is handed the tracked grayscale frame (``track_faces``;
+    off in ``Faces``: faster, but on the demo's 52 px faces it finds a few frames fewer). Returns (``read_video``'s info, the clip's arrays by dataset name);
+    raises ``ClipError`` for a clip without a face (and ``read_video``'s errors)."""
+    from features import face, landmarks, video
+    from features.errors import ClipError
+
+    frames, times, info = video.read_video(path, fps=fps, as_list=True)
+    boxes, found, interpolated = face.track_faces(frames, detector=detect, detect_every=detect_every,
+                                                  scale=min(1.0, detect_width / frames[0].shape[1]),
+                                                  max_gap=max_gap, full_every=full_every, gray=gray)
+    if not found.any():
+        raise ClipError("no_face", f"no face in any of the {len(frames)} frames")
+    lm = landmarks.landmarks68_batch(frames, boxes, found, predictor=predictor)
+    big = np.zeros((len(frames), crop_size, crop_size, 3), np.uint8)
+    small = np.zeros((len(frames), crop_size_small, crop_size_small, 3), np.uint8)
+    for k in np.flatnonzero(found):
+        box = face.keypoint_box(lm[k], margin=margin)
+        big[k] = face.crop(frames[k], box, size=crop_size)
+        small[k] = face.crop(frames[k], box, size=crop_size_small)
+    shape49 = landmarks.normalize_per_clip(lm[:, landmarks.POINTS_49], mask=found)
+    return info, dict(time=times, found=found.astype(np.uint8), interpolated=interpolated.astype(np.uint8),
+                      box=boxes.astype(np.float32), landmarks68=lm.astype(np.float32), shape49=shape49,
+                      crop=big, crop_small=small)
+
+
 class Faces(BatchTask):
     """Decode video, detect and track the subject's face, 68 landmarks, crops, 49-point shape."""
 
@@ -48,8 +77,14 @@ class Faces(BatchTask):
     def warm_up(self):
         face_models(self.detector, self.upsample)
 
+    def chain_params(self) -> dict:
+        """The keyword arguments of ``faces_of_clip`` that this task's parameters set."""
+        return dict(detect_every=self.detect_every, full_every=self.full_every or None, detect_width=self.detect_width,
+                    max_gap=self.max_gap, margin=self.margin, crop_size=self.crop_size,
+                    crop_size_small=self.crop_size_small)
+
     def run(self):
-        from features import face, landmarks, store, video
+        from features import store
         from features.errors import ClipError
 
         fps = get_dataset(self.manifest, self.dataset).video_fps
@@ -58,23 +93,7 @@ class Faces(BatchTask):
         def one(i, clip):
             if clip.path is None:
                 raise ClipError("missing_file", "no file under the root matches this clip id")
-            frames, times, info = video.read_video(clip.path, fps=fps, as_list=True)
-            boxes, found, interpolated = face.track_faces(frames, detector=detect, detect_every=self.detect_every,
-                                                          scale=min(1.0, self.detect_width / frames[0].shape[1]),
-                                                          max_gap=self.max_gap, full_every=self.full_every or None)
-            if not found.any():
-                raise ClipError("no_face", f"no face in any of the {len(frames)} frames")
-            lm = landmarks.landmarks68_batch(frames, boxes, found, predictor=predictor)
-            big = np.zeros((len(frames), self.crop_size, self.crop_size, 3), np.uint8)
-            small = np.zeros((len(frames), self.crop_size_small, self.crop_size_small, 3), np.uint8)
-            for k in np.flatnonzero(found):
-                box = face.keypoint_box(lm[k], margin=self.margin)
-                big[k] = face.crop(frames[k], box, size=self.crop_size)
-                small[k] = face.crop(frames[k], box, size=self.crop_size_small)
-            shape49 = landmarks.normalize_per_clip(lm[:, landmarks.POINTS_49], mask=found)
-            return info, dict(time=times, found=found.astype(np.uint8), interpolated=interpolated.astype(np.uint8),
-                              box=boxes.astype(np.float32), landmarks68=lm.astype(np.float32), shape49=shape49,
-                              crop=big, crop_small=small)
+            return faces_of_clip(clip.path, fps=fps, detect=detect, predictor=predictor, **self.chain_params())
 
         clips = self.clips()
         results, status, reason = self.per_clip(one)

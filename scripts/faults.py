@@ -5,7 +5,7 @@
 Builds a corpus of six demo clips (dataset ``demo``, its own small manifest, three batches) once
 into ``<work>/reference``, then runs each case on a copy of that store (or on a corpus of its
 own) and observes what happens for real: the ``luigi --module pipeline BuildShards`` command,
-``avstore`` (``python -m pipeline.catalog``), the trainer (``python -m models.train``) and the
+``avstore`` (``python -m pipeline.cli``), the trainer (``python -m models.train``) and the
 readers of ``features.store`` run as subprocesses; their exit status, output and the files they
 leave are inspected. Cases:
 
@@ -131,7 +131,7 @@ def build_cmd(store, *, manifest, dataset="demo", batch_size=BATCH, extra=()) ->
 
 
 def avstore(store, *args, **kw) -> Result:
-    return run([sys.executable, "-m", "pipeline.catalog", "--store", store, *args], **kw)
+    return run([sys.executable, "-m", "pipeline.cli", "--store", store, *args], **kw)
 
 
 def train(store, out) -> Result:
@@ -992,9 +992,9 @@ def case_verify(ctx: Ctx) -> list[Row]:
 
 PULL_IO = '''
 import sys, traceback
-from pipeline import catalog
+from pipeline import cli
 try:
-    rc = catalog.main(sys.argv[1:])
+    rc = cli.main(sys.argv[1:])
 except SystemExit as e:
     rc = e.code if isinstance(e.code, int) else 1
 except BaseException:  # what an uncaught error would print, and its exit status
@@ -1007,7 +1007,7 @@ sys.exit(rc)
 
 
 def pull(store, url, dataset="mini", environ=None) -> tuple[Result, int, int]:
-    """``avstore pull`` (``pipeline.catalog.main``) in a subprocess that reports the bytes it read
+    """``avstore pull`` (``pipeline.cli.main``) in a subprocess that reports the bytes it read
     and wrote in all (``/proc/self/io``: rchar, wchar; the imports read ~10-15 MiB)."""
     r = run([sys.executable, "-c", PULL_IO, "--store", store, "pull", "--dataset", dataset, "--remote", url],
             environ=environ, timeout=300)

@@ -77,7 +77,7 @@ def test_clip_mode_pads_with_masks_and_units(table):
 
 
 def test_missing_feature_names_it_and_the_fix(table):
-    with pytest.raises(ParameterError, match="'vggish'.*README 'Pretrained embeddings'"):
+    with pytest.raises(ParameterError, match="'vggish'.*docs/embeddings.md"):
         ShardDataset(table, range(len(table)), features=("vggish",), mode="clip")
     with pytest.raises(ParameterError, match="per clip"):
         ShardDataset(table, range(len(table)), features=("glove",), mode="window")

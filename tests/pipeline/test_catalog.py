@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pipeline import catalog
+from pipeline import catalog, cli
 from tests.pipeline.conftest import build
 from tests.pipeline.share_helpers import corpus, me, record, shard_paths
 
@@ -46,19 +46,19 @@ def test_catalog_lists_dataset_feature_set_shards_sizes_clips_builder_and_time(b
     age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(fs["created"])
     assert datetime.timedelta(0) <= age < datetime.timedelta(hours=1)
     assert all(s["present"] for s in fs["shards"]) and cat["mini"]["unrecorded_shards"] == []
-    assert catalog.main(["--store", str(store), "catalog"]) == 0
+    assert cli.main(["--store", str(store), "catalog"]) == 0
     out = capsys.readouterr().out
     assert fs["key"] in out and me() in out and "2 clips ok, 0 failed" in out
     for s in fs["shards"]:
         assert s["path"] in out
-    assert catalog.main(["--store", str(store), "catalog", "--json"]) == 0
+    assert cli.main(["--store", str(store), "catalog", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(cat))
 
 
 def test_verify_passes_then_names_the_shard_with_a_flipped_byte(built, tmp_path, capsys):
     store = shutil.copytree(built[0], tmp_path / "store")
     assert catalog.verify(str(store)) == []
-    assert catalog.main(["--store", str(store), "verify"]) == 0
+    assert cli.main(["--store", str(store), "verify"]) == 0
     victim = shard_paths(store)[1]
     with open(victim, "r+b") as f:  # flip one bit in the middle of the file
         f.seek(os.path.getsize(victim) // 2)
@@ -68,7 +68,7 @@ def test_verify_passes_then_names_the_shard_with_a_flipped_byte(built, tmp_path,
     rel = os.path.relpath(victim, store)
     problems = catalog.verify(str(store))
     assert [p for p, _ in problems] == [rel] and "sha256" in problems[0][1]
-    assert catalog.main(["--store", str(store), "verify"]) == 1
+    assert cli.main(["--store", str(store), "verify"]) == 1
     assert f"FAILED {rel}" in capsys.readouterr().out
     os.remove(victim)
     assert catalog.verify(str(store)) == [(rel, "missing")]
@@ -90,5 +90,5 @@ def test_diff_shows_only_the_changed_setting_and_the_stages_after_it(built, tmp_
     assert diff == {}  # decode, vad, prosody, logmel, faces, PCA: the same
     key_a = next(k for k, r in catalog.records(str(store), "mini").items() if r is a or r == a)
     key_b = next(k for k in catalog.records(str(store), "mini") if k != key_a)
-    assert catalog.main(["--store", str(store), "diff", key_a[:8], key_b]) == 0
+    assert cli.main(["--store", str(store), "diff", key_a[:8], key_b]) == 0
     assert "config.segment.hop_frames: 34 -> 30" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import time
 import luigi
 
 from pipeline import catalog
-from pipeline.base import atomic_path
+from pipeline.files import atomic_path
 from tests.pipeline.conftest import build, running_luigid
 from tests.pipeline.share_helpers import all_files, corpus, popen_luigi, record, shard_paths
 

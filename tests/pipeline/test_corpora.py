@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import catalog, corpora
+from pipeline import cli
+from pipeline import corpora
 from pipeline.manifest import load_manifest
 
 
@@ -32,7 +33,7 @@ def put_wav(path, sr=16000, n=1600):
 
 def run(capsys, corpus, source, *args):
     """``avstore import``; returns (exit code, {parsed entry} or None, stderr)."""
-    rc = catalog.main(["import", corpus, str(source), "--show", "1000", *args])
+    rc = cli.main(["import", corpus, str(source), "--show", "1000", *args])
     out, err = capsys.readouterr()
     entry = yaml.safe_load(out)["datasets"][corpus] if out.strip() else None
     return rc, entry, err

@@ -13,7 +13,8 @@ import h5py
 import hdf5plugin  # noqa: F401  (this process reads the Blosc source)
 import pytest
 
-from pipeline import catalog
+from features.hashing import sha256_file
+from pipeline import catalog, cli
 from features.store import FILTER_IDS
 from tests.conftest import ROOT, cli_env
 
@@ -66,7 +67,7 @@ def datasets(path) -> dict:
 
 
 def export(store, out, *args):
-    return catalog.main(["--store", str(store), "export", "--dataset", "demo", "--out", str(out), *args])
+    return cli.main(["--store", str(store), "export", "--dataset", "demo", "--out", str(out), *args])
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +102,10 @@ def test_gzip_export_has_the_same_layout_values_and_record_with_standard_filters
     assert rec["export"]["source_sha256"] == {r: m["sha256"] for r, m in src["files"].items()}
     assert sorted(rec["files"]) == sorted(src["files"])
     for rel, meta in rec["files"].items():
-        assert meta == {**meta, "bytes": os.path.getsize(exported / rel), "sha256": catalog.sha256_file(exported / rel)}
+        assert meta == {**meta, "bytes": os.path.getsize(exported / rel), "sha256": sha256_file(exported / rel)}
     assert catalog.verify(str(exported)) == []
-    assert catalog.main(["--store", str(exported), "verify"]) == 0
-    assert catalog.main(["--store", str(exported), "catalog"]) == 0
+    assert cli.main(["--store", str(exported), "verify"]) == 0
+    assert cli.main(["--store", str(exported), "catalog"]) == 0
     assert f"{key}  " in capsys.readouterr().out.split("(export: gzip)")[0]
 
 

@@ -13,7 +13,8 @@ import sys
 import luigi
 import pytest
 
-from pipeline import base, catalog
+from pipeline import catalog, cli
+from pipeline.files import TMP_MARK
 from tests.conftest import ROOT, cli_env
 from tests.pipeline.conftest import build, make_corpus
 
@@ -66,7 +67,7 @@ def record(store, key):
 
 
 def avstore(store, *args, capsys):
-    rc = catalog.main(["--store", str(store), "gc", "--dataset", "mini", *args])
+    rc = cli.main(["--store", str(store), "gc", "--dataset", "mini", *args])
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -171,7 +172,7 @@ def test_an_old_record_without_stage_outputs_keeps_every_stage_output(gstore, ca
 def test_a_live_temporary_file_makes_gc_refuse_and_a_dead_ones_is_removed(gstore, capsys):
     store, _, keys = gstore
     folder = os.path.dirname(os.path.join(store, record(store, keys[0])["stage_outputs"][0]))
-    live = os.path.join(folder, f".batch-0000.h5{base.TMP_MARK}{socket.gethostname()}-{os.getpid()}-abcd1234")
+    live = os.path.join(folder, f".batch-0000.h5{TMP_MARK}{socket.gethostname()}-{os.getpid()}-abcd1234")
     open(live, "wb").write(b"half written")
     before = files(store)
     for args in ([], ["--dry-run"], ["--keep-newest", "1"]):
@@ -190,7 +191,7 @@ def test_a_live_temporary_file_makes_gc_refuse_and_a_dead_ones_is_removed(gstore
     assert rc == 0 and listed(out) == [os.path.relpath(live.replace(str(os.getpid()), dead.stdout.strip()), store)]
 
 
-HOLDER = ("import sys, time\nfrom pipeline.base import hold_build_lock\nhold_build_lock(sys.argv[1], 'mini')\n"
+HOLDER = ("import sys, time\nfrom pipeline.files import hold_build_lock\nhold_build_lock(sys.argv[1], 'mini')\n"
           "print('held', flush=True)\ntime.sleep(60)\n")
 
 
@@ -216,7 +217,7 @@ GC_DURING = []  # (rc, err) of a gc run while a Shard task of a build runs in th
 @luigi.Task.event_handler(luigi.Event.START)
 def _gc_while_building(task):
     if task.task_family == "Shard" and GC_DURING == [None]:
-        rc = catalog.main(["--store", str(task.store), "gc", "--dataset", "mini", "--keep-newest", "1"])
+        rc = cli.main(["--store", str(task.store), "gc", "--dataset", "mini", "--keep-newest", "1"])
         GC_DURING[:] = [rc]
 
 

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from features.hashing import sha256_file
+from pipeline import cli
 from pipeline import catalog, remote
 from tests.conftest import ROOT, cli_env
 from tests.pipeline.conftest import build
@@ -39,16 +41,16 @@ def assert_same_shards(a, b):
     assert [os.path.relpath(p, a) for p in pa] == [os.path.relpath(p, b) for p in pb] and len(pa) == 2
     for x, y in zip(pa, pb):
         assert catalog.same_data(x, y) == []
-        assert catalog.sha256_file(x) == catalog.sha256_file(y)  # the very bytes: downloaded, not rebuilt
+        assert sha256_file(x) == sha256_file(y)  # the very bytes: downloaded, not rebuilt
 
 
 def test_directory_remote_push_then_build_downloads_every_shard_and_runs_no_stage(built, tmp_path):
     url = str(tmp_path / "shared")
-    assert catalog.main(["--store", str(built), "push", "--dataset", "mini", "--remote", url]) == 0
+    assert cli.main(["--store", str(built), "push", "--dataset", "mini", "--remote", url]) == 0
     _, rec = record(built)
     for rel, meta in rec["files"].items():  # content-addressed: the hash-chain path plus its sha256
-        assert catalog.sha256_file(os.path.join(url, rel)) == meta["sha256"]
-    assert catalog.main(["--store", str(built), "push", "--dataset", "mini", "--remote", url]) == 0  # idempotent
+        assert sha256_file(os.path.join(url, rel)) == meta["sha256"]
+    assert cli.main(["--store", str(built), "push", "--dataset", "mini", "--remote", url]) == 0  # idempotent
     store, ran = teammate_build(tmp_path, url)
     assert ran == ["BuildShards"]  # no Decode, Faces, ... : the upstream stages never ran
     assert_same_shards(built, store)
@@ -73,7 +75,7 @@ def test_a_corrupt_remote_shard_is_named_not_used_and_computed_instead(built, tm
     assert not any(".tmp-" in f for f in all_files(store))  # the failed download left nothing
     # the explicit pull refuses it with the shard's name, and leaves no file behind
     other = tmp_path / "pulled"
-    assert catalog.main(["--store", str(other), "pull", "--dataset", "mini", "--remote", url]) == 1
+    assert cli.main(["--store", str(other), "pull", "--dataset", "mini", "--remote", url]) == 1
     assert not any(f.endswith(bad.rsplit("/", 1)[1]) or ".tmp-" in f for f in all_files(other))
 
 
@@ -100,7 +102,7 @@ def s3(monkeypatch):
 def test_s3_push_and_build_pull_with_credentials_only_in_the_environment(built, tmp_path, s3, capsys, caplog):
     url = "s3://team-shards/av-store"
     caplog.set_level(logging.DEBUG)
-    assert catalog.main(["--store", str(built), "push", "--dataset", "mini", "--remote", url]) == 0
+    assert cli.main(["--store", str(built), "push", "--dataset", "mini", "--remote", url]) == 0
     _, rec = record(built)
     for rel, meta in rec["files"].items():
         assert s3.info(f"team-shards/av-store/{rel}")["size"] == meta["bytes"]
@@ -108,9 +110,9 @@ def test_s3_push_and_build_pull_with_credentials_only_in_the_environment(built, 
     assert ran == ["BuildShards"]
     assert_same_shards(built, store)
     other = tmp_path / "pulled"
-    assert catalog.main(["--store", str(other), "pull", "--dataset", "mini", "--remote", url]) == 0
+    assert cli.main(["--store", str(other), "pull", "--dataset", "mini", "--remote", url]) == 0
     assert_same_shards(built, other)
-    assert catalog.main(["--store", str(other), "catalog", "--json"]) == 0
+    assert cli.main(["--store", str(other), "catalog", "--json"]) == 0
     # the credentials are nowhere: not in shards, records, stage.json, the remote's objects, logs
     # (at DEBUG, where botocore would print the access key id in the signed headers it sends).
     out = capsys.readouterr().out
@@ -202,7 +204,7 @@ def test_a_record_that_is_not_json_is_skipped_with_a_warning_and_the_others_pull
     for name, data in bad.items():
         (url / "mini" / "builds" / name).write_bytes(data)
     with caplog.at_level(logging.WARNING, logger="luigi-interface"):
-        assert catalog.main(["--store", str(tmp_path / "pulled"), "pull", "--dataset", "mini",
+        assert cli.main(["--store", str(tmp_path / "pulled"), "pull", "--dataset", "mini",
                              "--remote", str(url)]) == 0
     for name in bad:
         assert f"skipping mini/builds/{name}" in caplog.text

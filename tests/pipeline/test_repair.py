@@ -12,7 +12,9 @@ import subprocess
 import luigi.retcodes
 import pytest
 
-from pipeline import base, catalog
+from features.hashing import sha256_file
+from pipeline import cli
+from pipeline import base, catalog, files
 from pipeline.base import DamagedInput
 from pipeline.shards import Shard
 from tests.conftest import ROOT
@@ -71,7 +73,7 @@ def test_every_stage_output_has_its_sha256_and_size_in_stage_json(demo_store):
     for path in found:
         with open(os.path.join(os.path.dirname(path), "stage.json")) as f:
             meta = json.load(f)["files"][os.path.basename(path)]
-        assert meta["sha256"] == catalog.sha256_file(path) and meta["bytes"] == os.path.getsize(path)
+        assert meta["sha256"] == sha256_file(path) and meta["bytes"] == os.path.getsize(path)
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate", "delete", "replace"])
@@ -151,7 +153,7 @@ def test_verify_checks_stage_outputs_against_stage_json(store_copy, capsys):
     rel = os.path.relpath(victim, store_copy)
     problems = catalog.verify(str(store_copy))
     assert [p for p, _ in problems] == [rel] and "sha256" in problems[0][1]
-    assert catalog.main(["--store", str(store_copy), "verify"]) == 1
+    assert cli.main(["--store", str(store_copy), "verify"]) == 1
     assert f"FAILED {rel}: sha256" in capsys.readouterr().out
 
 
@@ -170,7 +172,7 @@ def test_verify_is_not_clean_when_the_build_records_are_missing(store_copy, caps
     problems = catalog.verify(str(store_copy))
     assert problems == [("demo/builds", "no build record for the 3 shard(s) of demo: "
                                         "run BuildShards --dataset demo to record them")]
-    assert catalog.main(["--store", str(store_copy), "verify"]) == 1
+    assert cli.main(["--store", str(store_copy), "verify"]) == 1
     assert "0 problem(s)" not in capsys.readouterr().out
 
 
@@ -232,7 +234,7 @@ def test_sweep_looks_only_at_temporary_names(tmp_path):
     keep = [tmp_path / "a" / "shard-0000.h5", tmp_path / "a" / "b" / ".hidden", tmp_path / "a" / "b" / "x.tmp-1"]
     for p in keep:
         p.write_text("x")
-    assert base.sweep_stale_temps(str(tmp_path)) == []
+    assert files.sweep_stale_temps(str(tmp_path)) == []
     assert all(p.exists() for p in keep)
 
 

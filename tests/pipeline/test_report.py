@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from features.store import Shard
-from pipeline import catalog, report
+from pipeline import cli
+from pipeline import report
 from tests.conftest import ROOT
 from tests.pipeline.test_build import by_clip, shards
 
@@ -42,7 +43,7 @@ def browse(page, tmp_path, *args):
 def made(demo_store, tmp_path_factory):
     """The report of the demo build (newest record, 3 contact sheets) and the CLI's output."""
     out = tmp_path_factory.mktemp("report") / "site"
-    assert catalog.main(["--store", str(demo_store), "report", "--dataset", "demo", "--out", str(out),
+    assert cli.main(["--store", str(demo_store), "report", "--dataset", "demo", "--out", str(out),
                          "--sheets", str(SHEETS)]) == 0
     with open(out / "report.json") as f:
         return out, json.load(f)
@@ -158,7 +159,7 @@ def test_bad_input_is_one_line_and_exit_1(demo_store, tmp_path, capsys, args, me
     store = tmp_path / "store"
     (store / "empty" / "shards").mkdir(parents=True)
     os.symlink(demo_store / "demo", store / "demo")  # the demo build, read only
-    assert catalog.main(["--store", str(store), "report", *args, "--out", str(tmp_path / "site")]) == 1
+    assert cli.main(["--store", str(store), "report", *args, "--out", str(tmp_path / "site")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("avstore report: ") and message in err and err.count("\n") == 1, err
     assert "Traceback" not in err and not (tmp_path / "site" / "index.html").exists()
@@ -167,11 +168,11 @@ def test_bad_input_is_one_line_and_exit_1(demo_store, tmp_path, capsys, args, me
 def test_missing_shard_and_out_that_is_a_file(demo_store, tmp_path, capsys):
     store = tmp_path / "store"
     shutil.copytree(demo_store / "demo" / "builds", store / "demo" / "builds")  # records, no shards
-    assert catalog.main(["--store", str(store), "report", "--dataset", "demo", "--out", str(tmp_path / "o")]) == 1
+    assert cli.main(["--store", str(store), "report", "--dataset", "demo", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "shard(s) of demo/" in err and "are not in" in err and "avstore pull --dataset demo" in err, err
     (tmp_path / "file").write_text("")
-    assert catalog.main(["--store", str(demo_store), "report", "--dataset", "demo", "--out",
+    assert cli.main(["--store", str(demo_store), "report", "--dataset", "demo", "--out",
                          str(tmp_path / "file")]) == 1
     assert "is a file" in capsys.readouterr().err
 

@@ -8,7 +8,8 @@ import re
 import h5py
 import pytest
 
-from pipeline import catalog, remote
+from pipeline import cli
+from pipeline import remote
 from pipeline.manifest import ManifestError, get_dataset
 from tests.conftest import ROOT, build
 from tests.pipeline.share_helpers import REL, all_files, corpus, fake_shard, folder_remote
@@ -156,7 +157,7 @@ def test_a_url_with_credentials_is_never_printed(tmp_path, caplog, capsys):
     with caplog.at_level(logging.DEBUG):
         manifest = corpus(tmp_path / "corpus", clips=("s1_anger_01",))
         build(tmp_path / "store", "--remote-url", CREDENTIAL_URL, dataset="mini", manifest=manifest)
-        assert catalog.main(["--store", str(tmp_path / "store"), "pull", "--dataset", "mini",
+        assert cli.main(["--store", str(tmp_path / "store"), "pull", "--dataset", "mini",
                              "--remote", CREDENTIAL_URL]) == 1
     out = capsys.readouterr()
     text = caplog.text + out.out + out.err
