@@ -12,6 +12,8 @@ not depend on its values. Each extractor runs at its published size on real inpu
 * ``dlib_descriptor``: face chips (5 landmarks + ``get_face_chip``) and dlib's ResNet on the
   CPU (dlib-bin has no CUDA), per face.
 * ``glove``: transcripts/s through tokenise + lookup in a 400,000 × 300 memory-mapped table.
+* ``wav2vec2_base``, ``vit_b16_224``, ``bert_base``: the Hugging Face stages at base size
+  (``hf_rates``; ``--no-hf`` leaves them out).
 
 Each figure: items / s over at least ``--seconds`` of work after one warm-up batch. Prints one
 JSON object with the device (GPU name), torch threads, batch sizes and precision.
@@ -46,6 +48,43 @@ def rate(fn, n_items: int, seconds: float) -> float:
             return done / (time.perf_counter() - start)
 
 
+def hf_rates(ps: dict, *, audio, crops, device: str, precision: str, seconds: float, batch: int) -> None:
+    """The Hugging Face stages at their base sizes (random weights saved with save_pretrained and
+    loaded by the extractors, as a stage does): wav2vec 2.0 base (95 M) in seconds of 16 kHz audio
+    per second, in clips of BAUM-1's mean 4.66 s; ViT-B/16 at 224 px in face crops per second;
+    BERT-base in 100-token transcripts per second."""
+    import transformers as tf
+
+    from features import bert, image_encoder, wav2vec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.Wav2Vec2Model(tf.Wav2Vec2Config(feat_extract_norm="layer", do_stable_layer_norm=True)).save_pretrained(
+            os.path.join(tmp, "w2v"))
+        speech = wav2vec.load_speech_model(os.path.join(tmp, "w2v"), device=device)
+        clip = np.resize(audio, int(4.66 * 16000)).astype(np.float32)
+        clips, spans = [clip] * 8, [np.array([[0.0, 0.655], [0.34, 0.995]])] * 8
+        ps["wav2vec2_base_audio_seconds"] = rate(lambda: wav2vec.speech_embeddings(
+            speech, clips, spans, batch_size=8, device=device, precision=precision), int(8 * 4.66), seconds)
+        del speech
+        tf.ViTModel(tf.ViTConfig()).save_pretrained(os.path.join(tmp, "vit"))
+        vit = image_encoder.load_image_model(os.path.join(tmp, "vit"), device=device)
+        x = np.concatenate([crops] * (batch // len(crops) + 1))[:batch]
+        ps["vit_b16_224_crops"] = rate(lambda: image_encoder.image_embeddings(
+            vit, x, batch_size=batch, device=device, precision=precision), len(x), seconds)
+        del vit
+        folder = os.path.join(tmp, "bert")
+        os.makedirs(folder)
+        words = ["the", "library", "opens", "on", "monday", "after", "holiday"]
+        with open(os.path.join(folder, "vocab.txt"), "w") as f:
+            f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+        tf.BertTokenizerFast(vocab_file=os.path.join(folder, "vocab.txt")).save_pretrained(folder)
+        tf.BertModel(tf.BertConfig()).save_pretrained(folder)
+        model, tok = bert.load_text_model(folder, device=device)
+        sentences = [" ".join(words * 14)] * 32          # 98 words: a full 100-token row
+        ps["bert_base_transcripts"] = rate(lambda: bert.token_vectors(
+            model, tok, sentences, batch_size=32, device=device, precision=precision), len(sentences), seconds)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
@@ -53,6 +92,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--batch-audio", type=int, default=64)
     ap.add_argument("--batch-face", type=int, default=32)
+    ap.add_argument("--no-hf", action="store_true", help="leave out the Hugging Face stages (wav2vec, ViT, BERT)")
     args = ap.parse_args()
     device = embeddings.pick_device(args.device)
     torch.manual_seed(0)
@@ -108,6 +148,9 @@ def main() -> None:
         sentences = ["The library opens on Monday, after the holiday."] * 64
         ps["glove_transcripts"] = rate(lambda: text.glove_transcripts(sentences, vocab=vocab, vectors=vectors),
                                        len(sentences), args.seconds)
+    if not args.no_hf:
+        hf_rates(ps, audio=y, crops=big, device=device, precision=args.precision, seconds=args.seconds,
+                 batch=args.batch_face)
     out["per_second"] = {k: round(v, 1) for k, v in ps.items()}
     print(json.dumps(out, indent=1))
 

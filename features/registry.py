@@ -38,10 +38,14 @@ class Feature:
     #:                          "clip" (a per-clip sequence), None (not a trainer feature)
     normalise: bool = False   #: ``models.data.fit_norm`` fits a mean/std per dimension on a training part
     embedding: str | None = None   #: the ``[Shard] embeddings`` entry that builds it (None: always built)
-    needs: str | None = None  #: what its embedding stage needs besides being listed: "weights" (a weights
-    #:                          file parameter), "path+transcript" (a vectors file and a transcript column)
+    needs: str | None = None  #: what its embedding stage needs besides being listed: the parameter that must
+    #:                          be set ("weights": a weights file or model folder, "path": a vectors file),
+    #:                          "+transcript": and a transcript column in the corpus
     enable: str = ""          #: the message a trainer gives when the feature is missing
     paper: str = ""           #: where the papers define it
+    length: str | None = None  #: rows "clip" of token vectors: the dataset of each clip's token count
+    default: bool = True      #: its embedding stage is in the default ``[Shard] embeddings`` list (a stage
+    #:                          added later is not: that list is part of every shard's digest)
 
     @property
     def visual(self) -> bool:
@@ -85,13 +89,36 @@ FEATURES: tuple[Feature, ...] = (
             "[VGGFace] weights and --video true", read="window", normalise=True, embedding="vggface",
             needs="weights", enable=f"{_EMB} with VGGFace enabled", paper="Hsu & Wu §III-B VGGFace"),
 )
+
+
+def _declared() -> tuple[Feature, ...]:
+    """The features that extractor modules of ``features/`` declare themselves: a module-level
+    ``SHARD_FEATURES`` tuple of ``Feature`` keyword dicts (issue 22 item 5: a new embedding is its
+    extractor, its stage and its config section, with no list elsewhere to extend). Only modules
+    whose source names ``SHARD_FEATURES`` are imported; they import their heavy libraries lazily."""
+    import importlib
+    import os
+
+    here, out = os.path.dirname(os.path.abspath(__file__)), []
+    for name in sorted(os.listdir(here)):
+        if not name.endswith(".py") or name in ("registry.py", "__init__.py"):
+            continue
+        with open(os.path.join(here, name), encoding="utf-8") as f:
+            if "\nSHARD_FEATURES = " not in f.read():
+                continue
+        module = importlib.import_module(f"features.{name[:-3]}")
+        out += [Feature(**d) for d in module.SHARD_FEATURES]
+    return tuple(out)
+
+
+FEATURES = FEATURES + _declared()
 BY_NAME = {f.name: f for f in FEATURES}
 
 
-def embedding_stages() -> tuple[str, ...]:
-    """The ``[Shard] embeddings`` entries, in declaration order: the default list, and the order of
-    a shard's ``embeddings`` attribute (part of its bytes: keep it)."""
-    return tuple(dict.fromkeys(f.embedding for f in FEATURES if f.embedding))
+def embedding_stages(*, default_only: bool = False) -> tuple[str, ...]:
+    """The ``[Shard] embeddings`` entries, in declaration order: the order of a shard's
+    ``embeddings`` attribute (part of its bytes: keep it). ``default_only``: the default list."""
+    return tuple(dict.fromkeys(f.embedding for f in FEATURES if f.embedding and (f.default or not default_only)))
 
 
 def stage_features(stage: str) -> list[Feature]:

@@ -671,6 +671,31 @@ class Shard:
         return {"vectors": self._dataset("text/glove")[clip], "length": int(self._dataset("text/length")[clip]),
                 "oov": self._dataset("text/oov")[clip].astype(bool)}
 
+    def window_feature(self, name: str, i: int) -> np.ndarray:
+        """Feature ``name`` of window ``i`` by its declaration (``features.registry``): its row of a
+        per-window dataset, or (16, ...) rows of a per-video-frame one at the window's aligned frames
+        (zeros where video_ok is 0). Any declared feature reads this way, with no method of its own."""
+        f = registry.BY_NAME[name]
+        self._need(name)
+        if f.rows == "window":
+            return self._dataset(f.dataset)[i]
+        if f.rows == "video frame" and f.dataset.startswith("video/"):
+            return self._window_video_rows(f.dataset.split("/", 1)[1], i)
+        raise ParameterError(f"feature {name!r} has rows per {f.rows}: not one value per window")
+
+    def clip_feature(self, name: str, clip: int) -> dict:
+        """Feature ``name`` of clip ``clip`` by its declaration: {"value": its row (rows per clip) or
+        its rows (a ragged group with ``offsets``)} and, for token vectors, {"length": int}."""
+        f = registry.BY_NAME[name]
+        self._need(name)
+        if f.rows == "clip":
+            out = {"value": self._dataset(f.dataset)[clip]}
+            if f.length:
+                out["length"] = int(self._dataset(f.length)[clip])
+            return out
+        off = self._dataset(f"{f.dataset.rsplit('/', 1)[0]}/offsets")
+        return {"value": self._dataset(f.dataset)[off[clip]:off[clip + 1]]}
+
     # -- time-continuous labels (issue 18 item 3; present when ``has_labels_t``) ------------------
     @property
     def has_labels_t(self) -> bool:

@@ -61,6 +61,8 @@ class AVEFConfig:
     visual_frames: int = 16                              # §2.1.2
     visual_channels: tuple = (64, 128, 256, 256, 512, 512, 512, 512)  # conv1a, 2a, 3a, 3b, 4a, 4b, 5a, 5b
     small_crops: bool = False                            # use the 72 px crops instead of 173 px
+    channels_last: bool = False                          # C3D in channels-last (NDHWC) memory: the same
+    #                                                      arithmetic; cuDNN's bf16 tensor-core kernels want it
     fc: int = 4096                                       # fc6 = fc7 of both networks; DBN input 2·fc = 8192
     dbn_hidden: tuple = (4096, 2048)                     # §2.2.3
     dropout: float = 0.3                                 # Table 3
@@ -137,6 +139,9 @@ class VisualNet(nn.Module):
         self.fc7 = nn.Linear(cfg.fc, cfg.fc)
         self.fc8 = nn.Linear(cfg.fc, cfg.n_classes)
         self.drop = nn.Dropout(cfg.dropout)
+        self.channels_last = cfg.channels_last
+        if cfg.channels_last:
+            self.features.to(memory_format=torch.channels_last_3d)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         v = as_images(v)   # uint8 crops (models/data.py): / 255 here, on the device
@@ -145,6 +150,8 @@ class VisualNet(nn.Module):
             v = F.interpolate(v.transpose(1, 2).reshape(B * T, C, H, W), size=(self.size, self.size),
                               mode="bilinear", align_corners=False)
             v = v.reshape(B, T, C, self.size, self.size).transpose(1, 2)
+        if self.channels_last:
+            v = v.contiguous(memory_format=torch.channels_last_3d)
         x = self.features(v).flatten(1)
         x = self.drop(F.relu(self.fc6(x)))
         return self.drop(F.relu(self.fc7(x)))

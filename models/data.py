@@ -71,6 +71,8 @@ SEGMENT_KEYS = {"segment_label": "label", "segment_label_audio": "audio_label",
                 "segment_label_visual": "visual_label", "sound_type": "sound_type"}
 SEGMENT_FEATURES = tuple(name for name, f in registry.trainer_features().items() if f.read == "window" and f.per_frame)
 NORMALISED = tuple(name for name, f in registry.trainer_features().items() if f.normalise)
+#: clip features with one fixed-size row per clip (stacked, not padded, in clip mode)
+CLIP_ROWS = tuple(name for name, f in registry.trainer_features().items() if f.read == "clip" and f.rows == "clip")
 WINDOW_FRAMES, WINDOW_HOP = 64, 34  # AVEF §2.1.1 (features.segments)
 
 
@@ -512,10 +514,8 @@ class ShardDataset:
                 if not np.all(np.isfinite(x)):
                     ok, x = False, np.zeros_like(x)
                 out[name] = x.astype(np.float32)
-            elif name == "vggish_window":
-                out[name] = np.asarray(s.window_vggish(i), np.float32)
-            elif name in ("descriptor", "vggface"):
-                out[name] = np.asarray(s.window_face_embedding(i, name), np.float32)
+            elif FEATURES[name][0] == "window":   # any other declared one (features.registry): a row or frames
+                out[name] = np.asarray(s.window_feature(name, i), np.float32)
         for name in self.features:
             if name in self.norm and name in out:   # (a clip-level feature is normalised in _clip_level)
                 mean, std = self.norm[name]
@@ -539,6 +539,14 @@ class ShardDataset:
                 out["glove_oov"] = np.asarray(g["oov"], bool)
             elif name == "waveform":
                 out[name] = np.asarray(s.waveform(c), np.float32)
+            elif FEATURES[name][0] == "clip":   # any other declared clip feature (features.registry)
+                got = s.clip_feature(name, c)
+                out[name] = np.asarray(got["value"], np.float32)
+                if "length" in got:
+                    out[f"{name}_length"] = got["length"]
+                if name in self.norm:
+                    mean, std = self.norm[name]
+                    out[name] = (out[name] - mean) / std
         return out
 
     def __getitem__(self, k: int) -> dict:
@@ -707,7 +715,7 @@ def collate(items: list[dict]) -> dict:
     clip_mode = "unit" in items[0]
     for key in items[0]:
         values = [it[key] for it in items]
-        if key in ("label", "clip", "glove_length"):
+        if key in ("label", "clip") or key.endswith("_length") and key[:-7] in FEATURES:
             batch[key] = torch.as_tensor(np.asarray(values, np.int64))
         elif key in ("valence", "arousal"):
             batch[key] = torch.as_tensor(np.asarray(values, np.float32))
@@ -720,8 +728,11 @@ def collate(items: list[dict]) -> dict:
                 batch["vggish_mask"] = torch.from_numpy(m)
             else:
                 batch["waveform_length"] = torch.as_tensor([len(v) for v in values])
-        elif key in ("glove", "glove_oov"):
+        elif key in CLIP_ROWS or key == "glove_oov":   # one fixed-size row per clip (GloVe's, BERT's tokens)
             batch[key] = torch.from_numpy(np.stack(values))
+        elif key in FEATURES and FEATURES[key][0] == "clip":   # another clip-level sequence: padded + mask
+            x, m = _pad(values)
+            batch[key], batch[f"{key}_mask"] = torch.from_numpy(x), torch.from_numpy(m)
         elif key in SEGMENT_KEYS:   # per segment (B, S), -1 on padding
             x, m = _pad(values)
             x[~m] = -1
@@ -778,7 +789,8 @@ def fit_norm(dataset: ShardDataset, *, features=NORMALISED, max_items: int = 200
         elif name in VISUAL:
             x = np.stack([it[name] for it in items if it["video_ok"]] or [items[0][name]])
         else:
-            x = np.concatenate([it[name] for it in items]) if name == "vggish" else np.stack([it[name] for it in items])
+            ragged = FEATURES[name][0] == "clip" and name not in CLIP_ROWS   # per-patch rows (VGGish): pooled
+            x = np.concatenate([it[name] for it in items]) if ragged else np.stack([it[name] for it in items])
         if name == "logmel":   # x: (n, 3, n_mels, n_frames): statistics per channel and band
             axes = (0, 3)
         else:                  # (n, ..., dim): per dimension

@@ -29,13 +29,13 @@ import logging
 import numpy as np
 import torch
 
-from models.data import SEGMENT_KEYS, VISUAL, loader
+from models.data import CLIP_ROWS, FEATURES, SEGMENT_KEYS, VISUAL, loader
 
 logger = logging.getLogger("models.train")
 
 RESIDENT_FRACTION = 0.5     # of the free GPU memory, for all resident parts of a fold together
 DATA_MODES = ("auto", "resident", "stream")
-_FIXED = ("glove", "glove_oov")                         # clip mode: fixed-size per clip (100 tokens)
+_FIXED = (*CLIP_ROWS, "glove_oov")                       # clip mode: fixed-size per clip (e.g. 100 tokens)
 _NEG = ("unit", "unit_kind", *SEGMENT_KEYS)             # padded with -1 (collate)
 _CHUNK = 256
 
@@ -70,6 +70,7 @@ class ResidentLoader:
         self.drop_last = shuffle and n > 1 and n % batch_size == 1
         self._norm = {k: tuple(torch.as_tensor(a, device=self.device) for a in v) for k, v in dataset.norm.items()}
         self._norm_of = dataset.norm
+        self._window_features = {f for f in dataset.features if FEATURES[f][0] == "window"}
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -106,8 +107,10 @@ class ResidentLoader:
             out[key], masks[key] = x, m
             if key == "waveform":
                 out["waveform_length"] = L
-        if "vggish" in masks:
-            out["vggish_mask"] = masks["vggish"]
+        for key in masks:   # clip-level sequences (VGGish's patches, ...) carry their own mask
+            if key not in ("waveform", "unit", "video_ok", "unit_kind", "valence_t", "arousal_t", *SEGMENT_KEYS) \
+                    and key in self.dataset.features and key not in self._window_features:
+                out[f"{key}_mask"] = masks[key]
         if "unit" in masks:
             out["mask"] = masks["unit"]
         for key in ("valence_t", "arousal_t"):   # NaN (no target) and padding: 0, out of target_mask
@@ -120,7 +123,7 @@ class ResidentLoader:
                 continue
             x = (out[name] - mean) / std
             if name in masks:                                  # per step: padding stays zero
-                valid = masks["unit"] if name != "vggish" else masks[name]
+                valid = masks["unit"] if name in self._window_features else masks[name]
                 if name in VISUAL and "video_ok" in out:
                     valid = valid & out["video_ok"]
             elif name in VISUAL:                               # window mode: unusable video stays zero

@@ -43,11 +43,15 @@ def require_file(path: str, *, section: str, key: str, feature: str, what: str) 
 
 
 def file_identity(path: str) -> str | None:
-    """The sha256 of a configured file, "missing" when it does not exist, None when not configured."""
+    """The sha256 of a configured file or model folder, "missing" when it does not exist, None when
+    not configured."""
     from features.embeddings import file_sha256
+    from features.hashing import tree_sha256
 
     if not path:
         return None
+    if os.path.isdir(path):
+        return tree_sha256(path)
     return file_sha256(path) if os.path.isfile(path) else "missing"
 
 
@@ -318,6 +322,131 @@ class GloVe(BatchTask):
                            for t in transcripts], dtype=object)
         self.write({"clips": clip_table(clips, status, reason),
                     "text": {"glove": out["glove"], "length": out["length"], "oov": out["oov"].astype(np.uint8)}})
+
+
+class Wav2Vec(InferenceTask):
+    """A self-supervised speech model's layer (wav2vec 2.0, HuBERT, WavLM: ``features.wav2vec``)
+    pooled per 655 ms window and per clip, on Waveform's 16 kHz signal (no pre-emphasis). The model
+    is a local Hugging Face folder (``weights``), never downloaded."""
+
+    STAGE = "wav2vec"
+    CODE_VERSION = "1"
+    weights = luigi.Parameter(default="", description="Hugging Face model folder (config.json + weights); "
+                                                      "empty = off")
+    layer = luigi.IntParameter(default=-1, description="hidden_states index: 0 = CNN features, -1 = last layer")
+
+    def requires(self):
+        return {"waveform": self.clone(Waveform), "segment": self.clone(Segment)}
+
+    def run(self):
+        from features import wav2vec
+
+        device = self.run_device()   # the loader checks the folder first: the message of a missing weights file
+        model = wav2vec.load_speech_model(self.weights, device=device, key="weights")
+        inp = self.requires()
+        wav, seg = read_input(inp["waveform"], "audio"), read_input(inp["segment"], "windows")
+        w = seg["windows"]
+
+        def one(i, clip):
+            sel = w["clip"] == i
+            spans = np.stack([w["t_begin"][sel], w["t_end"][sel]], axis=1).astype(np.float64)
+            windows, whole = wav2vec.speech_embeddings(
+                model, [clip_rows(wav["audio"], "waveform", i)], [spans], layer=self.layer,
+                batch_size=self.infer_batch_size, device=device, precision=self.precision)[0]
+            return {"windows": windows, "clip": whole}
+
+        results, status, reason = self.per_clip(one, seg["clips"]["status"], seg["clips"]["reason"])
+        dim = next((r["clip"].shape[-1] for r in results if r is not None), int(model.model.config.hidden_size))
+        windows = np.zeros((len(w["clip"]), dim), np.float32)
+        per_clip = np.zeros((len(results), dim), np.float32)
+        for i, r in enumerate(results):
+            if r is not None:
+                windows[np.flatnonzero(w["clip"] == i)] = r["windows"]
+                per_clip[i] = r["clip"]
+        self.write({"clips": clip_table(self.clips(), status, reason),
+                    "windows": {"wav2vec": windows}, "wav2vec": {"clip": per_clip}})
+
+
+class ImageEncoder(InferenceTask):
+    """An image encoder's pooled output (ViT, CLIP's vision tower: ``features.image_encoder``) per
+    video frame with a face, on the Faces crops (the 72 px crop when the model's input is no
+    larger, else the 173 px one); zeros where no face was found. A local Hugging Face folder."""
+
+    STAGE = "image_encoder"
+    CODE_VERSION = "1"
+    weights = luigi.Parameter(default="", description="Hugging Face model folder (config.json + weights); "
+                                                      "empty = off")
+
+    def requires(self):
+        return {"faces": self.clone(Faces)}
+
+    def run(self):
+        from features import image_encoder, store
+
+        device = self.run_device()
+        model = image_encoder.load_image_model(self.weights, device=device, key="weights")
+        faces = self.requires()["faces"]
+        reader = store.Shard(faces.output().path)
+        fparams = reader.attrs["chain"]["params"]
+        side = model.image_size
+        crop = "crop_small" if side <= fparams["crop_size_small"] else "crop"
+        offsets = store.read_group(faces.output().path, "video", ["offsets"])["offsets"]
+        dims = []
+
+        def one(i, clip):
+            found = reader.video(i, "found").astype(bool)
+            out = None
+            if found.any():
+                emb = image_encoder.image_embeddings(model, reader.video(i, crop, rows=np.flatnonzero(found)),
+                                                     batch_size=self.infer_batch_size, device=device,
+                                                     precision=self.precision)
+                dims.append(emb.shape[1])
+                out = np.zeros((len(found), emb.shape[1]), np.float32)
+                out[found] = emb
+            return out if out is not None else len(found)
+
+        results, status, reason = self.per_clip(one, reader.clips["status"], reader.clips["reason"])
+        dim = dims[0] if dims else model.hidden_size
+        n = np.diff(offsets)
+        rows = [r if isinstance(r, np.ndarray) else np.zeros((k, dim), np.float32) for r, k in zip(results, n)]
+        self.write({"clips": clip_table(self.clips(), status, reason),
+                    "video": {"image_encoder": store.pack(rows, dtype=np.float32, row_shape=(dim,))[0],
+                              "offsets": offsets}})
+
+
+class BERT(InferenceTask):
+    """A text encoder's token vectors (BERT, RoBERTa: ``features.bert``) of each clip's transcript,
+    in GloVe's layout: (100, D) zero-padded, with the length. A clip without a transcript gets
+    length 0 and status ``no_transcript``. A local Hugging Face folder (model and tokenizer)."""
+
+    STAGE = "bert"
+    CODE_VERSION = "1"
+    weights = luigi.Parameter(default="", description="Hugging Face model folder (config.json, weights, tokenizer); "
+                                                      "empty = off")
+    max_len = luigi.IntParameter(default=100, description="tokens kept (GloVe's layout, Priyasad §3.1: 100)")
+
+    def chain(self) -> dict:
+        chain = super().chain()
+        chain["transcripts"] = [dict(c.extra).get("transcript") for c in self.clips()]
+        return chain
+
+    def run(self):
+        from features import bert
+
+        device = self.run_device()
+        model, tokenizer = bert.load_text_model(self.weights, device=device, key="weights")
+        clips = self.clips()
+        transcripts = [dict(c.extra).get("transcript") or "" for c in clips]
+        out = bert.token_vectors(model, tokenizer, transcripts, max_len=self.max_len,
+                                 batch_size=self.infer_batch_size, device=device, precision=self.precision)
+        status = np.array(["ok" if t.strip() else "no_transcript" for t in transcripts], dtype=object)
+        reason = np.array(["" if t.strip() else "bert: the labels CSV has no transcript for this clip"
+                           for t in transcripts], dtype=object)
+        vectors, length = out["bert"], out["length"].astype(np.int32)
+        none = np.array([not t.strip() for t in transcripts], bool)   # no transcript: no tokens, not [CLS][SEP]
+        vectors[none], length[none] = 0, 0
+        self.write({"clips": clip_table(clips, status, reason),
+                    "text": {"bert": vectors, "bert_length": length}})
 
 
 #: ``[Shard] embeddings`` entry -> its stage, in ``features.registry`` order (where each is declared)

@@ -36,7 +36,7 @@ class Shard(BatchTask):
                                 description="build the visual chain too (false: audio-only shards)")
 
     embeddings = luigi.ListParameter(
-        default=registry.embedding_stages(),
+        default=registry.embedding_stages(default_only=True),
         description="embedding stages that may be built; glove, vggish and vggface also need their file "
                     "configured ([GloVe] path, [VGGish] weights, [VGGFace] weights), glove a transcript column")
 
@@ -55,10 +55,11 @@ class Shard(BatchTask):
             task = self.clone(EMBEDDINGS[name])
             if name in VIDEO_EMBEDDINGS and not self.video:
                 continue
-            need = registry.needs(name)   # features.registry: what the stage needs besides being listed
-            if need == "weights" and not task.weights:
+            need = registry.needs(name) or ""   # features.registry: "weights", "path+transcript", ...
+            key, _, extra = need.partition("+")
+            if key and not getattr(task, key):   # its file or model folder is not configured
                 continue
-            if need == "path+transcript" and not (task.path and self._has_transcripts()):
+            if extra == "transcript" and not self._has_transcripts():
                 continue
             out.append(name)
         return out

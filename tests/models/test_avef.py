@@ -104,3 +104,19 @@ def test_init_keeps_the_shallow_layers_and_restarts_the_deep_ones(tmp_path):
     assert not {"audio.fc6.weight", "visual.fc7.weight", "dbn.rbms.1.W", "dbn.out.weight"} & set(copied)
     assert len(init_from(AVEF(AVEFConfig(**TINY)), tmp_path / "src.pt")) == len(src)   # --init-layers all
     assert parse_args(["--model", "avef", "--dataset", "d", "--init", "x"]).init_layers == "shallow"
+
+
+def test_channels_last_is_the_same_arithmetic():
+    """``channels_last`` changes the memory layout of C3D only (NDHWC for cuDNN's tensor cores):
+    the same weights give the same outputs and gradients."""
+    torch.manual_seed(0)
+    a = AVEF(AVEFConfig(**TINY))
+    b = AVEF(AVEFConfig(**TINY, channels_last=True))
+    b.load_state_dict(a.state_dict())
+    assert b.visual.features[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randint(0, 256, (3, 3, 16, 72, 72), dtype=torch.uint8)
+    ya, yb = a.eval().visual(x), b.eval().visual(x)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+    ya.sum().backward()
+    yb.sum().backward()
+    torch.testing.assert_close(a.visual.features[0].weight.grad, b.visual.features[0].weight.grad, rtol=1e-4, atol=1e-4)
