@@ -111,7 +111,7 @@ class VAD(BatchTask):
         from features.vad import vad_weights
 
         dec = read_input(self.requires()["decode"])
-        sr = dec["attrs"]["chain"]["params"]["sr"]
+        sr = self.requires()["decode"].sr   # the upstream task's parameter
         with store.clip_signals(self.requires()["decode"].output().path) as samples:
             results, status, reason = self.per_clip(
                 lambda i, c: vad_weights(y=samples(i), sr=sr, aggressiveness=self.aggressiveness,
@@ -145,7 +145,7 @@ class Prosody(BatchTask):
         from features.prosody import prosodic_units
 
         dec = read_input(self.requires()["decode"])
-        sr = dec["attrs"]["chain"]["params"]["sr"]
+        sr = self.requires()["decode"].sr   # the upstream task's parameter
         kw = {k: getattr(self, k) for k in ("silence_db", "min_silence_s", "min_sounding_s", "min_voiced",
                                             "verbal_db", "reset_st", "min_unit_s")}
         with store.clip_signals(self.requires()["decode"].output().path) as samples:
@@ -190,7 +190,7 @@ class LogMel(BatchTask):
         from features.audio import logmel
 
         dec = read_input(self.requires()["decode"])
-        sr = dec["attrs"]["chain"]["params"]["sr"]
+        sr = self.requires()["decode"].sr   # the upstream task's parameter
         with store.clip_signals(self.requires()["decode"].output().path) as samples:
             results, status, reason = self.per_clip(
                 lambda i, c: logmel(y=samples(i), sr=sr, n_mels=self.n_mels, fmin=self.fmin, fmax=self.fmax,
@@ -241,7 +241,7 @@ class Segment(BatchTask):
         inp = self.requires()
         vad, pros = read_input(inp["vad"], "vad"), read_input(inp["prosody"], "units")
         mel = read_input(inp["logmel"], "frames/offsets")  # the frame grid, not the spectra
-        grid = {k: mel["attrs"]["chain"]["params"][k] for k in ("frame_ms", "hop_ms")}
+        grid = {k: getattr(inp["logmel"], k) for k in ("frame_ms", "hop_ms")}   # from the upstream task
         status, reason = list(mel["clips"]["status"]), list(mel["clips"]["reason"])
         for src in (vad, pros):  # the first failure along the chain wins
             for i, s in enumerate(src["clips"]["status"]):

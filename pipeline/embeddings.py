@@ -103,7 +103,7 @@ class Waveform(BatchTask):
         from features.embeddings import deemphasis, sincnet_waveform
 
         dec = read_input(self.requires()["decode"], "audio")
-        params = dec["attrs"]["chain"]["params"]
+        params = self.requires()["decode"].own_params()   # the upstream task's sr and pre-emphasis
 
         def one(i, clip):
             y = deemphasis(clip_rows(dec["audio"], "waveform", i), coef=params["preemphasis"])
@@ -144,7 +144,7 @@ class VGGish(InferenceTask):
         pca = vggish.load_pca_params(self.pca_params) if self.pca_params else None
         inp = self.requires()
         dec, seg = read_input(inp["decode"], "audio"), read_input(inp["segment"], "windows")
-        params, w = dec["attrs"]["chain"]["params"], seg["windows"]
+        params, w = inp["decode"].own_params(), seg["windows"]
 
         def one(i, clip):
             y = deemphasis(clip_rows(dec["audio"], "waveform", i), coef=params["preemphasis"])
@@ -260,8 +260,7 @@ class VGGFace(InferenceTask):
         vggface.layer_name(self.layer, model.config.depth)
         faces_task = self.requires()["faces"]
         reader = store.Shard(faces_task.output().path)
-        fparams = reader.attrs["chain"]["params"]
-        crop = "crop_small" if self.image_size <= fparams["crop_size_small"] else "crop"
+        crop = "crop_small" if self.image_size <= faces_task.crop_size_small else "crop"
         dim = vggface.output_dim(model.config, self.layer)
         offsets = store.read_group(faces_task.output().path, "video", ["offsets"])["offsets"]
         clips = reader.clips
@@ -387,9 +386,7 @@ class ImageEncoder(InferenceTask):
         model = image_encoder.load_image_model(self.weights, device=device, key="weights")
         faces = self.requires()["faces"]
         reader = store.Shard(faces.output().path)
-        fparams = reader.attrs["chain"]["params"]
-        side = model.image_size
-        crop = "crop_small" if side <= fparams["crop_size_small"] else "crop"
+        crop = "crop_small" if model.image_size <= faces.crop_size_small else "crop"
         offsets = store.read_group(faces.output().path, "video", ["offsets"])["offsets"]
         dims = []
 
