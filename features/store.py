@@ -551,6 +551,19 @@ class Shard:
             self._frame_offsets = _read(self._file()["frames/offsets"])
         return self._windows
 
+    def contains(self, key: str) -> bool:
+        """Whether the shard holds the dataset or group ``key`` (e.g. "video/shape49")."""
+        return key in self._file()
+
+    def array(self, key: str) -> np.ndarray:
+        """The whole dataset ``key`` (checked: a failed read is a ``CorruptShard``)."""
+        return np.asarray(self._dataset(key)[()])
+
+    def row_shape(self, key: str) -> tuple[tuple, np.dtype]:
+        """(the shape of one row, the dtype) of dataset ``key``, without reading it."""
+        ds = self._dataset(key)
+        return tuple(ds.shape[1:]), ds.dtype
+
     def _dataset(self, key: str) -> _Checked:
         """An open dataset handle, kept per process (reopening one drops its chunk cache); a read
         that fails is a ``CorruptShard`` naming the shard and ``key``."""

@@ -289,9 +289,7 @@ def has_feature(shard: Shard, name: str) -> bool:
     """Whether ``shard`` holds feature ``name`` (``Shard.has`` when the reader has it)."""
     if name not in FEATURES:
         raise ParameterError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
-    if hasattr(shard, "has"):
-        return bool(shard.has(name))
-    return FEATURES[name][1] in shard._file()
+    return bool(shard.has(name))
 
 
 @dataclass
@@ -355,7 +353,7 @@ def clip_table(paths: list[str]) -> ClipTable:
         s = Shard(p)
         with reading(p):
             c = s.clips
-            off = s._file()["windows/offsets"][()]
+            off = s.array("windows/offsets")
             manifest = manifest or s.attrs.get("manifest", {})
             window_means = _clip_means_t(s) if s.has_labels_t else None
             continuous_t &= window_means is not None
@@ -438,7 +436,7 @@ class ShardDataset:
         if "pca" in self.features and pca_basis is None:
             for s in self.shards:
                 with reading(s.path):
-                    fitted = len(s._file()["pca/components"])
+                    fitted = len(s.array("pca/components"))
                 if not fitted:
                     raise ParameterError(f"shard {s.path} has no landmark PCA basis (too few frames with a "
                                          f"face to fit one): pass pca_basis (models.protocols.fit_pca_basis) "
@@ -675,8 +673,8 @@ class ShardDataset:
         as ``_window`` gives it for a window: crops (3, n, H, W) uint8, else (n, D)."""
         key = "pca" if name == "pca" and self.pca_basis is None else ("shape49" if name == "pca" else name)
         if rows is None:   # no usable frame: zeros of the feature's shape
-            ds = s._dataset(f"video/{key}")
-            x = np.zeros((n, *ds.shape[1:]), ds.dtype)
+            shape, dtype = s.row_shape(f"video/{key}")
+            x = np.zeros((n, *shape), dtype)
         else:
             uniq, inv = np.unique(np.asarray(rows, np.int64), return_inverse=True)
             x = np.asarray(s.video(c, key, rows=uniq))[inv]

@@ -142,8 +142,7 @@ def fit_pca_basis(table, rows, *, n_components: int = 20) -> dict:
     X = []
     for r in rows:
         s = Shard(table.paths[table.shard[r]])
-        f = s._file()
-        if "video/shape49" not in f:
+        if not s.contains("video/shape49"):
             raise ParameterError(f"shard {s.path} has no video/shape49: build it with the visual chain")
         x = s.video(int(table.index[r]), "shape49")
         X.append(x[np.all(np.isfinite(x), axis=1)])

@@ -8,35 +8,10 @@ import luigi
 import numpy as np
 
 from features.hashing import sha256_file
-from pipeline.base import BatchTask
+from pipeline.base import BatchTask, clip_rows, clip_table, read_input
 from pipeline.isolated import IsolatedDecoder
 
 logger = logging.getLogger("luigi-interface")
-
-
-def read_input(task: luigi.Task, *groups: str) -> dict:
-    """{group: {name: array}} of an upstream output, plus its clip table and attributes.
-
-    A group given as "group/name" reads only that array of the group."""
-    from features import store
-
-    path = task.output().path
-    out = {"clips": store.read_group(path, "clips")}
-    for g in groups:
-        name, _, key = g.partition("/")
-        out.setdefault(name, {}).update(store.read_group(path, name, [key] if key else None))
-    out["attrs"] = store.read_attrs(path)
-    return out
-
-
-def clip_rows(group: dict, name: str, i: int) -> np.ndarray:
-    off = group["offsets"]
-    return group[name][off[i]:off[i + 1]]
-
-
-def clip_table(clips, status, reason) -> dict:
-    return {"id": np.array([c.id for c in clips], dtype=object), "status": np.array(status, dtype=object),
-            "reason": np.array(reason, dtype=object)}
 
 
 class Decode(BatchTask):

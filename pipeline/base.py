@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from importlib import metadata
 
 import luigi
+import numpy as np
 
 from pipeline.files import _remove, atomic_path, file_facts, file_problem, locked, publish, remove_stale_temps, temp_name
 from pipeline.manifest import Clip, get_dataset
@@ -160,6 +161,33 @@ def enospc_named(path: str):
         if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
             raise no_space(path, "the disk filled while writing") from err
         raise
+
+
+# -- reading an upstream output, per clip ----------------------------------------------------------
+def read_input(task: luigi.Task, *groups: str) -> dict:
+    """{group: {name: array}} of an upstream output, plus its clip table and attributes.
+
+    A group given as "group/name" reads only that array of the group."""
+    from features import store
+
+    path = task.output().path
+    out = {"clips": store.read_group(path, "clips")}
+    for g in groups:
+        name, _, key = g.partition("/")
+        out.setdefault(name, {}).update(store.read_group(path, name, [key] if key else None))
+    out["attrs"] = store.read_attrs(path)
+    return out
+
+
+def clip_rows(group: dict, name: str, i: int) -> np.ndarray:
+    off = group["offsets"]
+    return group[name][off[i]:off[i + 1]]
+
+
+def clip_table(clips, status, reason) -> dict:
+    """The ``clips`` group every stage writes: id, status ("ok" or a code) and reason."""
+    return {"id": np.array([c.id for c in clips], dtype=object), "status": np.array(status, dtype=object),
+            "reason": np.array(reason, dtype=object)}
 
 
 class DamagedInput(RuntimeError):

@@ -185,8 +185,8 @@ def find_record(store: str, ref: str, dataset: str | None = None) -> tuple[str, 
     hits = [(ds, key, rec) for ds in ([dataset] if dataset else datasets(store))
             for key, rec in records(store, ds).items() if key.startswith(ref)]
     if len(hits) != 1:
-        raise SystemExit(f"avstore: {len(hits)} feature sets match {ref!r} in {store} "
-                         f"(see `avstore catalog`; give more digits or --dataset)")
+        raise LookupError(f"avstore: {len(hits)} feature sets match {ref!r} in {store} "
+                          f"(see `avstore catalog`; give more digits or --dataset)")
     return hits[0]
 
 

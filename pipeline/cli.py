@@ -113,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verify: {n} recorded shards, {m} stage outputs, {len(problems)} problem(s)")
         return 1 if problems else 0
     if args.command == "diff":
-        (da, ka, ra), (db, kb, rb) = find_record(store, args.a, args.dataset), find_record(store, args.b, args.dataset)
+        try:
+            (da, ka, ra), (db, kb, rb) = find_record(store, args.a, args.dataset), find_record(store, args.b, args.dataset)
+        except LookupError as err:   # none or several feature sets match a prefix
+            print(err, file=sys.stderr)
+            return 1
         rows = config_diff(ra, rb)
         print(f"--- {da}/{ka}\n+++ {db}/{kb}")
         for k, va, vb in rows:

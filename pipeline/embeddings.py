@@ -22,8 +22,8 @@ import luigi
 import numpy as np
 
 from features import registry
-from pipeline.audio import Decode, Segment, clip_rows, clip_table, read_input
-from pipeline.base import BatchTask
+from pipeline.audio import Decode, Segment
+from pipeline.base import BatchTask, clip_rows, clip_table, read_input
 from pipeline.manifest import get_dataset
 from pipeline.video import Faces
 

@@ -43,7 +43,10 @@ def _now() -> str:
 def pick(store: str, dataset: str | None, build: str | None) -> tuple[str, str, dict]:
     """(dataset, key, record) of the feature set ``build`` (a key or unique prefix), else the newest."""
     if build:
-        return find_record(store, build, dataset)
+        try:
+            return find_record(store, build, dataset)
+        except LookupError as err:   # none or several match
+            raise ExportError(str(err).removeprefix("avstore: ")) from None
     if dataset is None:
         raise ExportError("name the feature set: --dataset D (its newest build) or --build KEY")
     recs = {k: r for k, r in records(store, dataset).items() if "error" not in r}

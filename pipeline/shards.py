@@ -13,10 +13,10 @@ import luigi
 import numpy as np
 
 from features import registry
-from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment, clip_table, read_input
+from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment
 from pipeline.video import Align, Faces, LandmarkPCA
-from pipeline.base import (MAX_BATCHES, BatchTask, StoreTarget, array_bytes, auto_batch_size, digest, logger,
-                           n_batches, paths)
+from pipeline.base import (MAX_BATCHES, BatchTask, StoreTarget, array_bytes, auto_batch_size, clip_table, digest,
+                           logger, n_batches, paths, read_input)
 from pipeline.files import atomic_path, hold_build_lock, release_build_lock, sweep_stale_temps
 from pipeline.catalog import build_facts, record_problems, refresh_records
 from pipeline.embeddings import EMBEDDINGS

@@ -11,8 +11,8 @@ import os
 import luigi
 import numpy as np
 
-from pipeline.audio import LogMel, Segment, clip_rows, clip_table, read_input
-from pipeline.base import BatchTask, logger, n_batches
+from pipeline.audio import LogMel, Segment
+from pipeline.base import BatchTask, clip_rows, clip_table, logger, n_batches, read_input
 from pipeline.manifest import get_dataset
 
 

@@ -92,3 +92,8 @@ def test_diff_shows_only_the_changed_setting_and_the_stages_after_it(built, tmp_
     key_b = next(k for k in catalog.records(str(store), "mini") if k != key_a)
     assert cli.main(["--store", str(store), "diff", key_a[:8], key_b]) == 0
     assert "config.segment.hop_frames: 34 -> 30" in capsys.readouterr().out
+    # a prefix that matches none, or both: one line and exit 1, no traceback (a library error, not SystemExit)
+    assert cli.main(["--store", str(store), "diff", "ffffffffff", key_b]) == 1
+    assert "0 feature sets match 'ffffffffff'" in capsys.readouterr().err
+    assert cli.main(["--store", str(store), "diff", "", key_b]) == 1
+    assert "2 feature sets match ''" in capsys.readouterr().err
