@@ -596,7 +596,8 @@ def write_summary(proto_dir: str, title: str) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0],
+                                allow_abbrev=False)   # --folds-parallel strips its options by their full names
     p.add_argument("--model", required=True, choices=list(models.MODELS))
     p.add_argument("--dataset", required=True)
     p.add_argument("--protocol", default=None, help="loso | logso | kfold | fixed (default: the manifest's)")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from models.train import _without, main
+from models.train import _without, main, parse_args
 
 ARGS = ["--model", "perception", "--dataset", "demo", "--protocol", "loso", "--epochs", "2", "--device", "cpu",
         "--threads", "1", "--data", "stream"]
@@ -35,3 +35,10 @@ def test_a_failing_fold_is_named_with_its_log(full_store, tmp_path):
 def test_the_children_get_every_option_but_the_fold_choice():
     argv = ["--model", "avef", "--fold", "0", "--folds-parallel=2", "--fold=1", "--epochs", "3", "--folds-parallel", "4"]
     assert _without(argv, "--folds-parallel", "--fold") == ["--model", "avef", "--epochs", "3"]
+
+
+def test_options_are_taken_by_their_full_names_only():
+    """An abbreviation (``--folds-p 3``) would reach the children unstripped: it is refused."""
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "avef", "--dataset", "demo", "--folds-p", "3"])
+    assert parse_args(["--model", "avef", "--dataset", "demo", "--folds-parallel", "3"]).folds_parallel == 3
