@@ -40,12 +40,13 @@ WITH_WAVEFORM = ("--video", "false", "--Shard-embeddings", '["waveform"]')
 SUMMARY = re.compile(r"BuildShards (\S+): (\d+) clips ok, (\d+) failed, (\d+) windows, (\d+) shards")
 
 
-def build(cmd_head: list[str], manifest: str, store: str, *, batch_size: int, workers: int = 2,
+def build(cmd_head: list[str], manifest: str, store: str, *, batch_size: int | None, workers: int = 2,
           env: dict | None = None, extra: tuple = ()) -> dict:
-    """Run BuildShards in a subprocess; wall seconds (start-up included), summary line and task counts."""
+    """Run BuildShards in a subprocess; wall seconds (start-up included), summary line and task counts.
+    ``batch_size`` None: the automatic size (no ``--batch-size``)."""
+    size = ("--batch-size", str(batch_size)) if batch_size else ()
     cmd = [*cmd_head, "--module", "pipeline", "BuildShards", "--dataset", DATASET, "--manifest", manifest,
-           "--store", store, "--local-scheduler", "--workers", str(workers), "--batch-size", str(batch_size),
-           *extra]
+           "--store", store, "--local-scheduler", "--workers", str(workers), *size, *extra]
     t, c = time.perf_counter(), os.times()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
     wall, c1 = time.perf_counter() - t, os.times()

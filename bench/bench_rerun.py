@@ -30,7 +30,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_audio_chain import ROOT, SUMMARY, luigi_counts  # noqa: E402
+from bench_audio_chain import build as audio_chain_build  # noqa: E402
 from corpus import DATASET, replicate  # noqa: E402
 
 TARGET_NOOP_S = 5.0
@@ -48,29 +47,16 @@ TARGET_HOP_FRACTION = 0.20
 
 
 def build(manifest: str, store: str, *, batch_size: int | None, log: str, env: dict, extra: tuple = ()) -> dict:
-    """BuildShards through ``_timed_luigi.py`` in a subprocess (``--batch-size`` only when given):
-    wall seconds, summary counts, Luigi's task counts and the seconds to the first task's start."""
+    """BuildShards through ``_timed_luigi.py`` (``bench_audio_chain.build``): wall seconds, summary
+    counts, Luigi's task counts and the seconds to the first task's start."""
     from _timed_luigi import summarize
 
-    size = ("--batch-size", str(batch_size)) if batch_size else ()
-    cmd = [sys.executable, os.path.join(HERE, "_timed_luigi.py"), "--module", "pipeline", "BuildShards",
-           "--dataset", DATASET, "--manifest", manifest, "--store", store, "--local-scheduler", "--workers", "2",
-           *size, *extra]
     if os.path.exists(log):
         os.remove(log)
-    t, c = time.perf_counter(), os.times()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": ROOT, "BENCH_TASK_LOG": log, **env})
-    wall, c1 = time.perf_counter() - t, os.times()
-    cpu = (c1.children_user - c.children_user) + (c1.children_system - c.children_system)
-    m = SUMMARY.search(p.stdout + p.stderr)
-    if p.returncode != 0 or not m:
-        sys.stderr.write(p.stdout[-3000:] + p.stderr[-3000:])
-        raise SystemExit(f"build failed (exit {p.returncode}): {' '.join(cmd)}")
+    r = audio_chain_build([sys.executable, os.path.join(HERE, "_timed_luigi.py")], manifest, store,
+                          batch_size=batch_size, env={"BENCH_TASK_LOG": log, **env}, extra=extra)
     timed = summarize(log) if os.path.exists(log) else {}
-    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 2), "clips_ok": int(m.group(2)), "failed": int(m.group(3)),
-            "windows": int(m.group(4)), "shards": int(m.group(5)), **luigi_counts(p.stdout + p.stderr),
-            "first_task_start_s": timed.get("first_task_start_s")}
+    return {**r, "first_task_start_s": timed.get("first_task_start_s")}
 
 
 def luigi_own_cost(n_tasks: int, stages: int = 7) -> dict:
