@@ -203,6 +203,9 @@ def feed(parts: dict, *, batch_size: int, num_workers: int = 0, seed: int = 0, d
         free = free_bytes(device)
         if data == "auto":
             mode = "resident" if torch.device(device).type == "cuda" and need <= fraction * free else "stream"
+        elif torch.device(device).type == "cuda" and need > free:   # forced, and it cannot fit: say so now
+            raise ValueError(f"--data resident: the fold's features take {need / 1e9:.1f} GB and {device} has "
+                             f"{free / 1e9:.1f} GB free; use --data stream (or auto, which streams then)")
         logger.info("data: %s (%.2f GB of features%s)", mode, need / 1e9,
                     f", {free / 1e9:.1f} GB free on {device}" if free else "")
     if mode == "stream":

@@ -102,6 +102,21 @@ def test_the_estimate_is_the_bytes_held_and_auto_streams_on_a_cpu(full_store):
         feed({"train": ds}, batch_size=8, data="gpu")
 
 
+def test_a_forced_resident_fold_that_cannot_fit_is_a_clear_error(full_store, monkeypatch):
+    """``--data resident`` on a GPU with too little free memory stops before reading, saying what
+    to do, instead of a CUDA out-of-memory traceback in the middle of a fold."""
+    import models.resident as resident
+
+    t = clip_table(find_shards(full_store, "demo"))
+    ds = ShardDataset(t, range(len(t)), features=("logmel",))
+    monkeypatch.setattr(resident, "free_bytes", lambda device: 1000)
+    with pytest.raises(ValueError, match=r"--data resident: .* GB free; use --data stream"):
+        feed({"train": ds}, batch_size=8, device="cuda", data="resident")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    dl, mode = feed({"train": ds}, batch_size=8, device="cuda", data="auto")   # auto: streams instead
+    assert mode == "stream"
+
+
 def test_uint8_crops_give_the_models_the_same_input_as_floats():
     x = torch.randint(0, 256, (2, 3, 16, 8, 8), dtype=torch.uint8)
     torch.testing.assert_close(as_images(x), x.float() / 255)
