@@ -359,8 +359,21 @@ class BuildProgress:
             left = sum(self.todo.values()) - clips
             eta = str(datetime.timedelta(seconds=round(left / rate))) if rate > 0 else "?"
             line = f"progress: {batches}/{len(self.todo)} batches, {clips} clips, {rate:.1f} clips/s, ETA {eta}"
-            print(line, file=sys.stderr, flush=True)
+            _write_line(line)
         return line
+
+
+def _write_line(line: str) -> None:
+    """``line`` on stderr in one write(2) of the line and its newline: with ``--workers N`` the
+    forked workers and luigi's log share the descriptor, and a line split over two writes could be
+    cut by another process's output."""
+    sys.stderr.flush()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):   # a captured stream (tests): no descriptor
+        print(line, file=sys.stderr, flush=True)
+        return
+    os.write(fd, (line + "\n").encode())
 
 
 _PROGRESS: dict[str, BuildProgress] = {}  # BuildShards task id -> its progress
