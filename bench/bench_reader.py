@@ -3,7 +3,7 @@
 Builds N (default 480, 8 shards) replicated demo clips with the ``luigi`` CLI, then for each
 compression setting re-writes the same shards (every group and attribute read with
 ``features.store.read_group`` / ``read_attrs``, written with ``features.store.write`` after setting
-``features.store.COMPRESSION``) and reads every 64x64x3 window through ``features.store.Shard``
+``features.store.COMPRESSION``) and reads every 64x64x3 window through ``features.store.ShardReader``
 with a ``torch.utils.data.DataLoader`` (2 persistent workers, shuffle, batch size 256), a few
 epochs each. Reports bytes per window, windows/s over the epoch (target >= 10,000), time to the
 first batch (warm-up) and the rate after it (steady state), and a one-process breakdown of the
@@ -53,9 +53,9 @@ class Windows:
     """A map-style dataset over the windows of several shards: global index -> (shard, local index)."""
 
     def __init__(self, paths):
-        from features.store import Shard
+        from features.store import ShardReader
 
-        self.shards = [Shard(p) for p in paths]
+        self.shards = [ShardReader(p) for p in paths]
         counts = [s.n_windows for s in self.shards]
         for s in self.shards:  # workers are forked: do not hand them an open HDF5 file
             s.close()
@@ -113,10 +113,10 @@ def as_is(batch):
 
 
 def check_same(a_paths, b_paths, n=50, atol=0.0) -> bool:
-    from features.store import Shard
+    from features.store import ShardReader
 
     for a, b in zip(a_paths, b_paths):
-        sa, sb = Shard(a), Shard(b)
+        sa, sb = ShardReader(a), ShardReader(b)
         for i in range(0, sa.n_windows, max(1, sa.n_windows // n)):
             if not np.allclose(sa.window(i), sb.window(i), rtol=0.0, atol=atol):
                 return False
@@ -152,10 +152,10 @@ def read_all_windows(paths) -> tuple[float, float]:
     """One process, fresh readers: microseconds per window reading every window's frames once in
     a random order (each chunk decompressed and checksummed once: cold), then again (chunk cache
     warm)."""
-    from features.store import Shard
+    from features.store import ShardReader
 
     rates = []
-    shards = [Shard(p) for p in paths]
+    shards = [ShardReader(p) for p in paths]
     order = [(k, int(i)) for k, s in enumerate(shards) for i in range(s.n_windows)]
     np.random.default_rng(0).shuffle(order)
     for _ in range(2):
@@ -187,11 +187,11 @@ def checksum_cost(with_paths, without_paths, rounds=5) -> dict:
 
 
 def per_window_cost(paths, n=600) -> dict:
-    """One process, no DataLoader: microseconds per window for each part of Shard.window."""
+    """One process, no DataLoader: microseconds per window for each part of ShardReader.window."""
     from features.audio import window_image
-    from features.store import Shard
+    from features.store import ShardReader
 
-    s = Shard(paths[0])
+    s = ShardReader(paths[0])
     t = time.perf_counter()
     s.window(0)
     first = time.perf_counter() - t

@@ -4,7 +4,7 @@ A :class:`Feature` says where a feature lives in a shard, what one row is, its d
 shape, its modality, the stage that makes it and how that stage is switched on, and how a trainer
 reads it. The rest of the code reads these declarations instead of keeping its own lists:
 
-- ``features.store``: ``FEATURES`` (name → dataset, ``Shard.has``) and ``FACE_EMBEDDINGS``;
+- ``features.store``: ``FEATURES`` (name → dataset, ``ShardReader.has``) and ``FACE_EMBEDDINGS``;
 - ``pipeline.shards``: the default ``[Shard] embeddings``, the stages that need the visual chain,
   and what each embedding stage needs to be built (``needs``);
 - ``models.data``: the trainers' feature table (window or clip item, how to enable a missing one),
@@ -25,7 +25,7 @@ _EMB = "build the shards with the embedding stage (docs/embeddings.md)"
 
 @dataclass(frozen=True)
 class Feature:
-    name: str            #: as ``Shard.has``, ``models.data`` and the model configs name it
+    name: str            #: as ``ShardReader.has``, ``models.data`` and the model configs name it
     dataset: str         #: the HDF5 dataset that holds it (its presence = the feature is in the shard)
     rows: str            #: what one row is: "frame" (25 ms, 10 ms hop), "video frame", "window" (655 ms),
     #:                     "patch" (0.96 s), "clip", "sample" (16 kHz), "unit" (prosodic)
@@ -158,7 +158,7 @@ def write_page(path: str) -> None:
     with open(path) as f:
         page = f.read()
     if BEGIN not in page or END not in page:
-        raise SystemExit(f"{path}: no {BEGIN} ... {END} markers")
+        raise ValueError(f"{path}: no {BEGIN} ... {END} markers")
     head, rest = page.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
     with open(path, "w") as f:
@@ -170,6 +170,9 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] == ["--write"]:   # python -m features.registry --write: update docs/shard-format.md
-        write_page(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "shard-format.md"))
+        try:
+            write_page(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "shard-format.md"))
+        except ValueError as err:
+            sys.exit(str(err))
     else:
         print(markdown_table())

@@ -36,7 +36,7 @@ Layout of a shard (``h5ls -r`` output is in docs/shard-format.md)::
                                                      when the manifest names ``continuous_labels``:
                                                      the file's rows per clip, as given (any step);
                                                      a clip without a series has no rows. Window
-                                                     targets are not stored: ``Shard.window_labels``
+                                                     targets are not stored: ``ShardReader.window_labels``
                                                      maps a series to the windows on read
                                                      (``features.labels``: the time average over
                                                      each window's voiced span), ``labels_on_grid``
@@ -51,7 +51,7 @@ Layout of a shard (``h5ls -r`` output is in docs/shard-format.md)::
                                                      (``features.labels.unit_rows``); "" = none
 
 Embeddings (``features.embeddings``, ``pipeline.embeddings``; each present only when its stage is
-enabled, ``Shard.has(name)`` tells)::
+enabled, ``ShardReader.has(name)`` tells)::
 
     /vggish/{embedding (P, 128), t_center (P,) s, offsets}   VGGish per 0.96 s patch (Lucas §3);
                                                      uint8 0..255 when PCA post-processing is on
@@ -69,7 +69,7 @@ enabled, ``Shard.has(name)`` tells)::
 Trust (issue 19). **Checksums** (item 3): every chunked dataset carries HDF5's fletcher32 filter,
 placed after the compressor so it covers the stored (compressed) bytes; strings, which live in
 HDF5's global heap where no chunk filter reaches, carry a ``crc32`` attribute per dataset. A
-changed byte fails the read, and the readers here (``Shard``, ``read_group``, ``assemble``) turn
+changed byte fails the read, and the readers here (``ShardReader``, ``read_group``, ``assemble``) turn
 it into ``CorruptShard`` naming the file, the dataset and the fix. Files of format 1 (no
 checksums) still read; a file of format 2 says ``checksums: "fletcher32"`` in its root attributes.
 ``FORMAT_VERSION`` is part of every stage's hash chain (``pipeline.base.BatchTask.chain``): the
@@ -497,10 +497,10 @@ def assemble(path: str | os.PathLike, *, sources: Iterable[str | os.PathLike], a
                         f.copy(ds, dst, name=name)
 
 
-class Shard:
+class ShardReader:
     """Read one shard. Opens the file on first use in the calling process (DataLoader-safe).
 
-    >>> s = Shard(path); x = s.window(0)          # (64 mels, 64 frames, 3) float32
+    >>> s = ShardReader(path); x = s.window(0)          # (64 mels, 64 frames, 3) float32
     >>> s.clips["id"], s.clips["status"], s.windows["clip"], s.logmel(c)
     """
 
@@ -908,3 +908,15 @@ def _dataset_diffs(x, y, codec: str, src: str, dst: str) -> list[str]:
         if not np.array_equal(a[start:start + step], b[start:start + step], equal_nan=x.dtype.kind == "f"):
             return [f"{x.name}: values differ from row {start}"]
     return []
+
+
+def __getattr__(name: str):
+    """``features.store.Shard``, the reader's old name (the Luigi task ``pipeline.Shard`` has it):
+    still found, with a DeprecationWarning."""
+    if name == "Shard":
+        import warnings
+
+        warnings.warn("features.store.Shard is now features.store.ShardReader (pipeline.Shard is the Luigi task)",
+                      DeprecationWarning, stacklevel=2)
+        return ShardReader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

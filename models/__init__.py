@@ -1,4 +1,4 @@
-"""Fusion models and trainers that read only the shards (``features.store.Shard``).
+"""Fusion models and trainers that read only the shards (``features.store.ShardReader``).
 
 ``MODELS`` maps a model name to its module (imported lazily by :func:`load`); a module defines
 ``CONFIG`` (a dataclass with the paper's defaults), ``MODEL`` (the nn.Module), ``MODE``

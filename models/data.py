@@ -1,4 +1,4 @@
-"""``ShardDataset``: batches for the trainers, read from the shards only (``features.store.Shard``).
+"""``ShardDataset``: batches for the trainers, read from the shards only (``features.store.ShardReader``).
 
 Two modes; batch keys (torch conventions: channels first, float32; face crops uint8):
 
@@ -43,7 +43,7 @@ unusable (``windows/video_ok`` = 0, or a NaN PCA row) gets ``video_ok`` False, i
 are zeros (never NaN), and in window mode it is left out when a visual feature is requested
 (``drop_no_video``, AVEF §4.3.1: the cross-modal denoising removes such segments).
 
-The HDF5 files are opened lazily in the process that reads (``Shard`` reopens after a fork), so a
+The HDF5 files are opened lazily in the process that reads (``ShardReader`` reopens after a fork), so a
 dataset can go to DataLoader workers as is.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ import numpy as np
 
 from features import registry
 from features.errors import ParameterError, ShardError
-from features.store import Shard, read_attrs
+from features.store import ShardReader, read_attrs
 
 # name -> (how a trainer reads it: "window" | "clip", the HDF5 dataset whose presence means the feature
 # is in the shard, how to enable it): from ``features.registry``, where each feature is declared once
@@ -285,8 +285,8 @@ def _recorded_shards(record_path: str, dataset: str, base: str) -> list[str]:
     return paths
 
 
-def has_feature(shard: Shard, name: str) -> bool:
-    """Whether ``shard`` holds feature ``name`` (``Shard.has`` when the reader has it)."""
+def has_feature(shard: ShardReader, name: str) -> bool:
+    """Whether ``shard`` holds feature ``name`` (``ShardReader.has`` when the reader has it)."""
     if name not in FEATURES:
         raise ParameterError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
     return bool(shard.has(name))
@@ -350,7 +350,7 @@ def clip_table(paths: list[str]) -> ClipTable:
                             "valence", "arousal", "n_windows")}
     manifest, continuous_t = {}, bool(paths)
     for k, p in enumerate(paths):
-        s = Shard(p)
+        s = ShardReader(p)
         with reading(p):
             c = s.clips
             off = s.array("windows/offsets")
@@ -377,7 +377,7 @@ def clip_table(paths: list[str]) -> ClipTable:
     return ClipTable(paths=list(paths), manifest=manifest, continuous_t=continuous_t, **arr)
 
 
-def _clip_means_t(s: Shard) -> np.ndarray:
+def _clip_means_t(s: ShardReader) -> np.ndarray:
     """(n_clips, 2) the mean (valence, arousal) target of each clip's windows (NaN: none)."""
     w = s.windows
     targets = s.window_labels(np.arange(len(w["clip"])))
@@ -422,7 +422,7 @@ class ShardDataset:
                 raise ParameterError(f"mode 'segment' computes windows for units without one from the log-mel "
                                      f"frames and the video only; it cannot give {odd}")
         self.table, self.mode, self.features = table, mode, tuple(features)
-        self.shards = [Shard(p) for p in table.paths]
+        self.shards = [ShardReader(p) for p in table.paths]
         for name in self.features:
             if name not in FEATURES:
                 raise ParameterError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
@@ -484,7 +484,7 @@ class ShardDataset:
         return -1 if self.continuous else self.label_map[self.table.label[r]]
 
     # -- reading -------------------------------------------------------------------------------
-    def _pca(self, s: Shard, i: int) -> np.ndarray:
+    def _pca(self, s: ShardReader, i: int) -> np.ndarray:
         if self.pca_basis is None:
             return s.window_pca(i)
         from features.landmarks import pca_whiten
@@ -496,7 +496,7 @@ class ShardDataset:
         shapes = s.video(int(s.windows["clip"][i]), "shape49", rows=uniq)[inv]
         return pca_whiten(shapes, **{k: self.pca_basis[k] for k in ("mean", "components", "explained_variance")})
 
-    def _window(self, s: Shard, i: int, logmel=None) -> dict:
+    def _window(self, s: ShardReader, i: int, logmel=None) -> dict:
         """One window's features, channels first, float32; visual zeros where the video is unusable."""
         out = {}
         ok = bool(s.windows["video_ok"][i])
@@ -523,7 +523,7 @@ class ShardDataset:
         out["video_ok"] = ok
         return out
 
-    def _clip_level(self, s: Shard, c: int) -> dict:
+    def _clip_level(self, s: ShardReader, c: int) -> dict:
         out = {}
         for name in self.features:
             if name == "vggish":
@@ -580,7 +580,7 @@ class ShardDataset:
                 out.append(self._clip_item(s, r))
         return out
 
-    def _clip_item(self, s: Shard, r: int) -> dict:
+    def _clip_item(self, s: ShardReader, r: int) -> dict:
         """One clip-mode item: the clip's windows stacked, its clip-level features and targets."""
         t = self.table
         w = s.windows
@@ -615,7 +615,7 @@ class ShardDataset:
         d.update(self._targets(r))
         return d
 
-    def _unit_windows(self, s: Shard, c: int, units: dict, d: dict) -> dict:
+    def _unit_windows(self, s: ShardReader, c: int, units: dict, d: dict) -> dict:
         """Segment mode: add windows computed on read for the units of clip ``c`` that own none
         (module docstring), then order all windows by unit (stable: time order)."""
         from features.align import align_windows
@@ -668,7 +668,7 @@ class ShardDataset:
         order = np.argsort(out["unit"], kind="stable")
         return {k: v[order] for k, v in out.items()}
 
-    def _video_rows(self, s: Shard, c: int, name: str, rows, n: int) -> np.ndarray:
+    def _video_rows(self, s: ShardReader, c: int, name: str, rows, n: int) -> np.ndarray:
         """The visual feature ``name`` of the clip's video frames ``rows`` (n,) (zeros when ``None``),
         as ``_window`` gives it for a window: crops (3, n, H, W) uint8, else (n, D)."""
         key = "pca" if name == "pca" and self.pca_basis is None else ("shape49" if name == "pca" else name)

@@ -137,11 +137,11 @@ def fit_pca_basis(table, rows, *, n_components: int = 20) -> dict:
     ``rows`` (a fold's training part), frames with a face only. Pass the result to
     ``ShardDataset(pca_basis=...)``."""
     from features.landmarks import fit_pca
-    from features.store import Shard
+    from features.store import ShardReader
 
     X = []
     for r in rows:
-        s = Shard(table.paths[table.shard[r]])
+        s = ShardReader(table.paths[table.shard[r]])
         if not s.contains("video/shape49"):
             raise ParameterError(f"shard {s.path} has no video/shape49: build it with the visual chain")
         x = s.video(int(table.index[r]), "shape49")

@@ -184,12 +184,6 @@ def clip_rows(group: dict, name: str, i: int) -> np.ndarray:
     return group[name][off[i]:off[i + 1]]
 
 
-def clip_table(clips, status, reason) -> dict:
-    """The ``clips`` group every stage writes: id, status ("ok" or a code) and reason."""
-    return {"id": np.array([c.id for c in clips], dtype=object), "status": np.array(status, dtype=object),
-            "reason": np.array(reason, dtype=object)}
-
-
 class DamagedInput(RuntimeError):
     """An input of a stage does not match the sha256 recorded for it (issue 19 item 4)."""
 
@@ -385,6 +379,11 @@ class BatchTask(luigi.Task):
             if problem:
                 raise DamagedInput(f"{path}: {problem}; not copied into {self.output().path}. The file "
                                    f"was removed: run the build again to compute it anew")
+
+    def clip_group(self, status, reason) -> dict:
+        """The ``clips`` group every stage writes: the batch's clip ids, status ("ok" or a code) and reason."""
+        return {"id": np.array([c.id for c in self.clips()], dtype=object), "status": np.array(status, dtype=object),
+                "reason": np.array(reason, dtype=object)}
 
     def progress(self, done: int, total: int, what: str) -> None:
         self.set_progress_percentage(int(100 * done / max(total, 1)))

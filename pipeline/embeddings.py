@@ -23,8 +23,9 @@ import numpy as np
 
 from features import registry
 from pipeline.audio import Decode, Segment
-from pipeline.base import BatchTask, clip_rows, clip_table, read_input
+from pipeline.base import clip_rows
 from pipeline.manifest import get_dataset
+from pipeline.stage import ClipStage, Column
 from pipeline.video import Faces
 
 
@@ -55,7 +56,31 @@ def file_identity(path: str) -> str | None:
     return file_sha256(path) if os.path.isfile(path) else "missing"
 
 
-class InferenceTask(BatchTask):
+def transcripts_of(clips) -> list[str]:
+    """Each clip's transcript from the labels CSV ("" when it has none)."""
+    return [dict(c.extra).get("transcript") or "" for c in clips]
+
+
+def transcript_status(transcripts: list[str], stage: str) -> tuple[list, list]:
+    """(status, reason): "ok", or ``no_transcript`` for a clip whose transcript is empty."""
+    empty = [not t.strip() for t in transcripts]
+    return ([("no_transcript" if e else "ok") for e in empty],
+            [f"{stage}: the labels CSV has no transcript for this clip" if e else "" for e in empty])
+
+
+def open_faces(task, inputs: dict, stack, image_size: int) -> None:
+    """The Faces output of ``task`` read a clip at a time (``inputs["reader"]``) and the crop that
+    serves a network of input side ``image_size`` (``inputs["crop"]``): the 72 px one when it is
+    no smaller, else the 173 px one."""
+    from features import store
+
+    faces = task.requires()["faces"]
+    inputs["reader"] = reader = store.ShardReader(faces.output().path)
+    stack.callback(reader.close)
+    inputs["crop"] = "crop_small" if image_size <= faces.crop_size_small else "crop"
+
+
+class InferenceTask(ClipStage):
     """A stage that runs a network: batch size, device and precision; holds the GPU resource."""
 
     infer_batch_size = luigi.IntParameter(default=64, significant=False,
@@ -83,7 +108,7 @@ class InferenceTask(BatchTask):
         return pick_device(self.device)
 
 
-class Waveform(BatchTask):
+class Waveform(ClipStage):
     """The 16 kHz waveform per clip for SincNet (Priyasad §2.1, §3.1): Decode's mixdown at 16 kHz
     with its pre-emphasis undone (exact inverse filter), then amplitude-normalised ("peak":
     divided by max |x|, SincNet's recipe; "none": as decoded). The trainer cuts the 250 ms chunks
@@ -94,26 +119,22 @@ class Waveform(BatchTask):
     normalize = luigi.ChoiceParameter(default="peak", choices=["peak", "none"],
                                       description="amplitude normalisation (Priyasad Fig. 1)")
 
+    GATE = "decode"
+    READS = {"decode": ("audio",)}
+
     def requires(self):
         return {"decode": self.clone(Decode)}
 
-    def run(self):
-        from features import store
+    def columns(self, inputs):
+        return {"audio/waveform": Column(np.float32)}
+
+    def compute(self, i, clip, inputs):
         from features.audio import resample
         from features.embeddings import deemphasis, sincnet_waveform
 
-        dec = read_input(self.requires()["decode"], "audio")
-        params = self.requires()["decode"].own_params()   # the upstream task's sr and pre-emphasis
-
-        def one(i, clip):
-            y = deemphasis(clip_rows(dec["audio"], "waveform", i), coef=params["preemphasis"])
-            return sincnet_waveform(y=resample(y, orig_sr=params["sr"], sr=16000), normalize=self.normalize)
-
-        results, status, reason = self.per_clip(one, dec["clips"]["status"], dec["clips"]["reason"])
-        wave, offsets = store.pack([r if r is not None else np.zeros(0, np.float32) for r in results],
-                                   dtype=np.float32)
-        self.write({"clips": clip_table(self.clips(), status, reason),
-                    "audio": {"waveform": wave, "offsets": offsets}})
+        decode = self.requires()["decode"]   # the upstream task's sr and pre-emphasis
+        y = deemphasis(clip_rows(inputs["decode"]["audio"], "waveform", i), coef=decode.preemphasis)
+        return sincnet_waveform(y=resample(y, orig_sr=decode.sr, sr=16000), normalize=self.normalize)
 
 
 class VGGish(InferenceTask):
@@ -127,39 +148,48 @@ class VGGish(InferenceTask):
     weights = luigi.Parameter(default="", description="torchvggish state_dict (.pth); empty = VGGish off")
     pca_params = luigi.Parameter(default="", description="vggish_pca_params.npz; empty = raw 128-d embeddings")
 
+    GATE = "segment"
+    READS = {"decode": ("audio",), "segment": ("windows",)}
+
     def requires(self):
         return {"decode": self.clone(Decode), "segment": self.clone(Segment)}
 
-    def run(self):
-        from features import store, vggish
-        from features.audio import resample
-        from features.embeddings import batched_forward, deemphasis
+    def open_inputs(self, inputs, stack):
+        from features import vggish
 
         require_file(self.weights, section="VGGish", key="weights", feature="vggish", what="VGGish weights file")
         if self.pca_params:
             require_file(self.pca_params, section="VGGish", key="pca_params", feature="vggish",
                          what="VGGish PCA parameters file")
-        device = self.run_device()
-        model = vggish.load_vggish(self.weights).to(device)
-        pca = vggish.load_pca_params(self.pca_params) if self.pca_params else None
-        inp = self.requires()
-        dec, seg = read_input(inp["decode"], "audio"), read_input(inp["segment"], "windows")
-        params, w = inp["decode"].own_params(), seg["windows"]
+        inputs["device"] = self.run_device()
+        inputs["model"] = vggish.load_vggish(self.weights).to(inputs["device"])
+        inputs["pca"] = vggish.load_pca_params(self.pca_params) if self.pca_params else None
 
-        def one(i, clip):
-            y = deemphasis(clip_rows(dec["audio"], "waveform", i), coef=params["preemphasis"])
-            mel = vggish.log_mel(y=resample(y, orig_sr=params["sr"], sr=vggish.SR))
-            sel = w["clip"] == i
-            centers = (w["t_begin"][sel].astype(np.float64) + w["t_end"][sel]) / 2
-            return vggish.patches(mel), vggish.centered_patches(mel, t_center=centers)
+    def compute(self, i, clip, inputs):
+        """The clip's log-mel patches: every 0.96 s, and one centred on each window (the network runs
+        over the batch's patches at once, in ``finish``)."""
+        from features import vggish
+        from features.audio import resample
+        from features.embeddings import deemphasis
 
-        results, status, reason = self.per_clip(one, seg["clips"]["status"], seg["clips"]["reason"])
+        decode, w = self.requires()["decode"], inputs["segment"]["windows"]   # the upstream task's parameters
+        y = deemphasis(clip_rows(inputs["decode"]["audio"], "waveform", i), coef=decode.preemphasis)
+        mel = vggish.log_mel(y=resample(y, orig_sr=decode.sr, sr=vggish.SR))
+        sel = w["clip"] == i
+        centers = (w["t_begin"][sel].astype(np.float64) + w["t_end"][sel]) / 2
+        return vggish.patches(mel), vggish.centered_patches(mel, t_center=centers)
+
+    def finish(self, groups, results, inputs):
+        from features import store, vggish
+        from features.embeddings import batched_forward
+
+        w, device, pca = inputs["segment"]["windows"], inputs["device"], inputs["pca"]
         empty = np.zeros((0, vggish.N_FRAMES, vggish.N_BANDS), np.float32)
         seq = [r[0] if r else empty for r in results]
         win = [r[1] if r else empty for r in results]
         x, _ = store.pack(seq + win, dtype=np.float32, row_shape=empty.shape[1:])  # a batch may be empty
         self.set_status_message(f"VGGish batch {self.batch}: {len(x)} patches on {device}")
-        emb = batched_forward(model, x, batch_size=self.infer_batch_size, device=device,
+        emb = batched_forward(inputs["model"], x, batch_size=self.infer_batch_size, device=device,
                               precision=self.precision).reshape(len(x), vggish.EMBEDDING_SIZE)
         if pca is not None:
             emb = vggish.postprocess(emb, pca_eigen_vectors=pca[0], pca_means=pca[1])
@@ -167,13 +197,13 @@ class VGGish(InferenceTask):
         _, offsets = store.pack(seq)
         t_center, _ = store.pack([vggish.patch_centers(len(s)) for s in seq], dtype=np.float32)
         windows = np.zeros((len(w["clip"]), vggish.EMBEDDING_SIZE), emb.dtype)
-        windows[store.pack([np.flatnonzero(w["clip"] == i) for i in range(len(win))], dtype=np.int64)[0]] = emb[n_seq:]
-        self.write({"clips": clip_table(self.clips(), status, reason),
-                    "vggish": {"embedding": emb[:n_seq], "t_center": t_center, "offsets": offsets},
-                    "windows": {"vggish": windows}})
+        windows[store.pack([np.flatnonzero(w["clip"] == i) for i in range(len(win)) if len(win[i])],
+                           dtype=np.int64)[0]] = emb[n_seq:]
+        groups["vggish"] = {"embedding": emb[:n_seq], "t_center": t_center, "offsets": offsets}
+        groups["windows"] = {"vggish": windows}
 
 
-class FaceDescriptor(BatchTask):
+class FaceDescriptor(ClipStage):
     """dlib's ResNet face descriptor (128-d) per video frame: the 5-point landmarks inside the
     tracked box (Faces), dlib's aligned 150×150 chip from the full frame, the network. With
     ``every`` = k only every k-th frame with a face is run through the network and each frame takes
@@ -190,6 +220,9 @@ class FaceDescriptor(BatchTask):
     flip = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                description="average each chip's descriptor with its mirror image's (2x the cost)")
 
+    GATE = "faces"
+    READS = {"faces": ("video/box", "video/found", "video/offsets")}
+
     def requires(self):
         return {"faces": self.clone(Faces)}
 
@@ -198,40 +231,38 @@ class FaceDescriptor(BatchTask):
 
         load_face_descriptor()
 
-    def run(self):
-        from features import store, video
-        from features.embeddings import face_chips, face_descriptors, load_face_descriptor
-        from features.errors import ClipError, ParameterError
+    def open_inputs(self, inputs, stack):
+        from features.embeddings import load_face_descriptor
+        from features.errors import ParameterError
 
         if self.every < 1:
             raise ParameterError(f"[FaceDescriptor] every must be >= 1, got {self.every}")
-        model, predictor = load_face_descriptor()  # cached; loaded by warm_up before workers fork
-        faces_task = self.requires()["faces"]
-        faces = read_input(faces_task, "video/box", "video/found", "video/offsets")
-        fps = get_dataset(self.manifest, self.dataset).video_fps
+        inputs["model"], inputs["predictor"] = load_face_descriptor()  # cached; loaded by warm_up before workers fork
+        inputs["fps"] = get_dataset(self.manifest, self.dataset).video_fps
 
-        def one(i, clip):
-            box, found = clip_rows(faces["video"], "box", i), clip_rows(faces["video"], "found", i).astype(bool)
-            frames, _, _ = video.read_video(clip.path, fps=fps)
-            if len(frames) != len(found):
-                raise ClipError("decode_error", f"decoded {len(frames)} frames, Faces had {len(found)}")
-            idx = np.flatnonzero(found)
-            run = idx[::self.every]
-            desc = face_descriptors(face_chips(frames, box, np.isin(np.arange(len(found)), run),
-                                               predictor=predictor), model=model, flip=self.flip)
-            out, src = np.zeros((len(found), 128), np.float32), np.full(len(found), -1, np.int32)
-            if len(run):
-                nearest = np.abs(idx[:, None] - run[None, :]).argmin(axis=1)
-                out[idx], src[idx] = desc[nearest], run[nearest]
-            return out, src
+    def columns(self, inputs):
+        return {"video/descriptor": Column(np.float32, (128,), per="video frame"),
+                "video/descriptor_frame": Column(np.int32, per="video frame", fill=-1)}
 
-        results, status, reason = self.per_clip(one, faces["clips"]["status"], faces["clips"]["reason"])
-        n = np.diff(faces["video"]["offsets"])
-        rows = [r if r else (np.zeros((k, 128), np.float32), np.full(k, -1, np.int32)) for r, k in zip(results, n)]
-        self.write({"clips": clip_table(self.clips(), status, reason),
-                    "video": {"descriptor": store.pack([r[0] for r in rows], dtype=np.float32, row_shape=(128,))[0],
-                              "descriptor_frame": store.pack([r[1] for r in rows], dtype=np.int32)[0],
-                              "offsets": faces["video"]["offsets"]}})
+    def compute(self, i, clip, inputs):
+        from features import video
+        from features.embeddings import face_chips, face_descriptors
+        from features.errors import ClipError
+
+        faces = inputs["faces"]["video"]
+        box, found = clip_rows(faces, "box", i), clip_rows(faces, "found", i).astype(bool)
+        frames, _, _ = video.read_video(clip.path, fps=inputs["fps"])
+        if len(frames) != len(found):
+            raise ClipError("decode_error", f"decoded {len(frames)} frames, Faces had {len(found)}")
+        idx = np.flatnonzero(found)
+        run = idx[::self.every]
+        desc = face_descriptors(face_chips(frames, box, np.isin(np.arange(len(found)), run),
+                                           predictor=inputs["predictor"]), model=inputs["model"], flip=self.flip)
+        out, src = np.zeros((len(found), 128), np.float32), np.full(len(found), -1, np.int32)
+        if len(run):
+            nearest = np.abs(idx[:, None] - run[None, :]).argmin(axis=1)
+            out[idx], src[idx] = desc[nearest], run[nearest]
+        return {"video/descriptor": out, "video/descriptor_frame": src}
 
 
 class VGGFace(InferenceTask):
@@ -248,41 +279,38 @@ class VGGFace(InferenceTask):
     infer_batch_size = luigi.IntParameter(default=32, significant=False,   # 224 px VGG-16: half VGGish's batch
                                           description="inputs per forward pass (does not change outputs)")
 
+    GATE = "faces"
+
     def requires(self):
         return {"faces": self.clone(Faces)}
 
-    def run(self):
-        from features import store, vggface
+    def open_inputs(self, inputs, stack):
+        from features import vggface
 
         require_file(self.weights, section="VGGFace", key="weights", feature="vggface", what="VGGFace weights file")
-        device = self.run_device()
-        model = vggface.load_vggface(self.weights, image_size=self.image_size)
+        inputs["device"] = self.run_device()
+        inputs["model"] = model = vggface.load_vggface(self.weights, image_size=self.image_size)
         vggface.layer_name(self.layer, model.config.depth)
-        faces_task = self.requires()["faces"]
-        reader = store.Shard(faces_task.output().path)
-        crop = "crop_small" if self.image_size <= faces_task.crop_size_small else "crop"
-        dim = vggface.output_dim(model.config, self.layer)
-        offsets = store.read_group(faces_task.output().path, "video", ["offsets"])["offsets"]
-        clips = reader.clips
+        inputs["dim"] = vggface.output_dim(model.config, self.layer)
+        open_faces(self, inputs, stack, self.image_size)
 
-        def one(i, clip):
-            found = reader.video(i, "found").astype(bool)
-            out = np.zeros((len(found), dim), np.float32)
-            if found.any():
-                crops = reader.video(i, crop, rows=np.flatnonzero(found))
-                out[found] = vggface.face_embeddings(crops, model=model, layer=self.layer, device=device,
-                                                     batch_size=self.infer_batch_size, precision=self.precision)
-            return out
+    def columns(self, inputs):
+        return {"video/vggface": Column(np.float32, (inputs["dim"],), per="video frame")}
 
-        results, status, reason = self.per_clip(one, clips["status"], clips["reason"])
-        n = np.diff(offsets)
-        self.write({"clips": clip_table(self.clips(), status, reason),
-                    "video": {"vggface": store.pack([r if r is not None else np.zeros((k, dim), np.float32)
-                                                     for r, k in zip(results, n)], dtype=np.float32, row_shape=(dim,))[0],
-                              "offsets": offsets}})
+    def compute(self, i, clip, inputs):
+        from features import vggface
+
+        reader = inputs["reader"]
+        found = reader.video(i, "found").astype(bool)
+        out = np.zeros((len(found), inputs["dim"]), np.float32)
+        if found.any():
+            out[found] = vggface.face_embeddings(reader.video(i, inputs["crop"], rows=np.flatnonzero(found)),
+                                                 model=inputs["model"], layer=self.layer, device=inputs["device"],
+                                                 batch_size=self.infer_batch_size, precision=self.precision)
+        return out
 
 
-class GloVe(BatchTask):
+class GloVe(ClipStage):
     """GloVe vectors of each clip's transcript (Priyasad §3.1): tokens → (100, 300), zero-padded
     or truncated, with the length and an out-of-vocabulary mask. A clip without a transcript gets
     length 0 and status ``no_transcript`` (recorded in the shard's ``clips/glove_status``)."""
@@ -307,20 +335,27 @@ class GloVe(BatchTask):
         chain["transcripts"] = [dict(c.extra).get("transcript") for c in self.clips()]
         return chain
 
-    def run(self):
+    def open_inputs(self, inputs, stack):
         from features import text
 
         require_file(self.path, section="GloVe", key="path", feature="glove", what="GloVe file")
-        vocab, vectors = text.load_glove(self.path, cache_dir=self.cache_dir or os.path.join(self.store, "_cache", "glove"))
-        clips = self.clips()
-        transcripts = [dict(c.extra).get("transcript") or "" for c in clips]
-        out = text.glove_transcripts(transcripts, vocab=vocab, vectors=vectors, max_len=self.max_len,
+        inputs["vocab"], inputs["vectors"] = text.load_glove(
+            self.path, cache_dir=self.cache_dir or os.path.join(self.store, "_cache", "glove"))
+
+    def columns(self, inputs):
+        return {"text/glove": Column(np.float32, (self.max_len, inputs["vectors"].shape[1]), per="clip"),
+                "text/length": Column(np.int32, per="clip"), "text/oov": Column(np.uint8, (self.max_len,), per="clip")}
+
+    def compute_batch(self, inputs):
+        """The whole batch's transcripts at once; a clip without one: status ``no_transcript``, zeros."""
+        from features import text
+
+        transcripts = transcripts_of(self.clips())
+        out = text.glove_transcripts(transcripts, vocab=inputs["vocab"], vectors=inputs["vectors"], max_len=self.max_len,
                                      lowercase=self.lowercase)
-        status = np.array(["ok" if t.strip() else "no_transcript" for t in transcripts], dtype=object)
-        reason = np.array(["" if t.strip() else "glove: the labels CSV has no transcript for this clip"
-                           for t in transcripts], dtype=object)
-        self.write({"clips": clip_table(clips, status, reason),
-                    "text": {"glove": out["glove"], "length": out["length"], "oov": out["oov"].astype(np.uint8)}})
+        results = [{"text/glove": out["glove"][i], "text/length": out["length"][i], "text/oov": out["oov"][i]}
+                   for i in range(len(transcripts))]
+        return (results, *transcript_status(transcripts, "glove"))
 
 
 class Wav2Vec(InferenceTask):
@@ -334,36 +369,33 @@ class Wav2Vec(InferenceTask):
                                                       "empty = off")
     layer = luigi.IntParameter(default=-1, description="hidden_states index: 0 = CNN features, -1 = last layer")
 
+    GATE = "segment"
+    READS = {"waveform": ("audio",), "segment": ("windows",)}
+
     def requires(self):
         return {"waveform": self.clone(Waveform), "segment": self.clone(Segment)}
 
-    def run(self):
+    def open_inputs(self, inputs, stack):
         from features import wav2vec
 
-        device = self.run_device()   # the loader checks the folder first: the message of a missing weights file
-        model = wav2vec.load_speech_model(self.weights, device=device, key="weights")
-        inp = self.requires()
-        wav, seg = read_input(inp["waveform"], "audio"), read_input(inp["segment"], "windows")
-        w = seg["windows"]
+        inputs["device"] = self.run_device()   # the loader checks the folder first: the message of a missing weights file
+        inputs["model"] = wav2vec.load_speech_model(self.weights, device=inputs["device"], key="weights")
 
-        def one(i, clip):
-            sel = w["clip"] == i
-            spans = np.stack([w["t_begin"][sel], w["t_end"][sel]], axis=1).astype(np.float64)
-            windows, whole = wav2vec.speech_embeddings(
-                model, [clip_rows(wav["audio"], "waveform", i)], [spans], layer=self.layer,
-                batch_size=self.infer_batch_size, device=device, precision=self.precision)[0]
-            return {"windows": windows, "clip": whole}
+    def columns(self, inputs):
+        dim = int(inputs["model"].model.config.hidden_size)
+        return {"windows/wav2vec": Column(np.float32, (dim,), per="window"),
+                "wav2vec/clip": Column(np.float32, (dim,), per="clip")}
 
-        results, status, reason = self.per_clip(one, seg["clips"]["status"], seg["clips"]["reason"])
-        dim = next((r["clip"].shape[-1] for r in results if r is not None), int(model.model.config.hidden_size))
-        windows = np.zeros((len(w["clip"]), dim), np.float32)
-        per_clip = np.zeros((len(results), dim), np.float32)
-        for i, r in enumerate(results):
-            if r is not None:
-                windows[np.flatnonzero(w["clip"] == i)] = r["windows"]
-                per_clip[i] = r["clip"]
-        self.write({"clips": clip_table(self.clips(), status, reason),
-                    "windows": {"wav2vec": windows}, "wav2vec": {"clip": per_clip}})
+    def compute(self, i, clip, inputs):
+        from features import wav2vec
+
+        w = inputs["segment"]["windows"]
+        sel = w["clip"] == i
+        spans = np.stack([w["t_begin"][sel], w["t_end"][sel]], axis=1).astype(np.float64)
+        windows, whole = wav2vec.speech_embeddings(
+            inputs["model"], [clip_rows(inputs["waveform"]["audio"], "waveform", i)], [spans], layer=self.layer,
+            batch_size=self.infer_batch_size, device=inputs["device"], precision=self.precision)[0]
+        return {"windows/wav2vec": windows, "wav2vec/clip": whole}
 
 
 class ImageEncoder(InferenceTask):
@@ -376,39 +408,32 @@ class ImageEncoder(InferenceTask):
     weights = luigi.Parameter(default="", description="Hugging Face model folder (config.json + weights); "
                                                       "empty = off")
 
+    GATE = "faces"
+
     def requires(self):
         return {"faces": self.clone(Faces)}
 
-    def run(self):
-        from features import image_encoder, store
+    def open_inputs(self, inputs, stack):
+        from features import image_encoder
 
-        device = self.run_device()
-        model = image_encoder.load_image_model(self.weights, device=device, key="weights")
-        faces = self.requires()["faces"]
-        reader = store.Shard(faces.output().path)
-        crop = "crop_small" if model.image_size <= faces.crop_size_small else "crop"
-        offsets = store.read_group(faces.output().path, "video", ["offsets"])["offsets"]
-        dims = []
+        inputs["device"] = self.run_device()
+        inputs["model"] = model = image_encoder.load_image_model(self.weights, device=inputs["device"], key="weights")
+        open_faces(self, inputs, stack, model.image_size)
 
-        def one(i, clip):
-            found = reader.video(i, "found").astype(bool)
-            out = None
-            if found.any():
-                emb = image_encoder.image_embeddings(model, reader.video(i, crop, rows=np.flatnonzero(found)),
-                                                     batch_size=self.infer_batch_size, device=device,
-                                                     precision=self.precision)
-                dims.append(emb.shape[1])
-                out = np.zeros((len(found), emb.shape[1]), np.float32)
-                out[found] = emb
-            return out if out is not None else len(found)
+    def columns(self, inputs):
+        return {"video/image_encoder": Column(np.float32, (inputs["model"].hidden_size,), per="video frame")}
 
-        results, status, reason = self.per_clip(one, reader.clips["status"], reader.clips["reason"])
-        dim = dims[0] if dims else model.hidden_size
-        n = np.diff(offsets)
-        rows = [r if isinstance(r, np.ndarray) else np.zeros((k, dim), np.float32) for r, k in zip(results, n)]
-        self.write({"clips": clip_table(self.clips(), status, reason),
-                    "video": {"image_encoder": store.pack(rows, dtype=np.float32, row_shape=(dim,))[0],
-                              "offsets": offsets}})
+    def compute(self, i, clip, inputs):
+        from features import image_encoder
+
+        reader = inputs["reader"]
+        found = reader.video(i, "found").astype(bool)
+        out = np.zeros((len(found), inputs["model"].hidden_size), np.float32)
+        if found.any():
+            out[found] = image_encoder.image_embeddings(
+                inputs["model"], reader.video(i, inputs["crop"], rows=np.flatnonzero(found)),
+                batch_size=self.infer_batch_size, device=inputs["device"], precision=self.precision)
+        return out
 
 
 class BERT(InferenceTask):
@@ -427,23 +452,29 @@ class BERT(InferenceTask):
         chain["transcripts"] = [dict(c.extra).get("transcript") for c in self.clips()]
         return chain
 
-    def run(self):
+    def open_inputs(self, inputs, stack):
         from features import bert
 
-        device = self.run_device()
-        model, tokenizer = bert.load_text_model(self.weights, device=device, key="weights")
-        clips = self.clips()
-        transcripts = [dict(c.extra).get("transcript") or "" for c in clips]
-        out = bert.token_vectors(model, tokenizer, transcripts, max_len=self.max_len,
-                                 batch_size=self.infer_batch_size, device=device, precision=self.precision)
-        status = np.array(["ok" if t.strip() else "no_transcript" for t in transcripts], dtype=object)
-        reason = np.array(["" if t.strip() else "bert: the labels CSV has no transcript for this clip"
-                           for t in transcripts], dtype=object)
-        vectors, length = out["bert"], out["length"].astype(np.int32)
-        none = np.array([not t.strip() for t in transcripts], bool)   # no transcript: no tokens, not [CLS][SEP]
-        vectors[none], length[none] = 0, 0
-        self.write({"clips": clip_table(clips, status, reason),
-                    "text": {"bert": vectors, "bert_length": length}})
+        inputs["device"] = self.run_device()
+        inputs["model"], inputs["tokenizer"] = bert.load_text_model(self.weights, device=inputs["device"], key="weights")
+
+    def columns(self, inputs):
+        dim = int(inputs["model"].config.hidden_size)
+        return {"text/bert": Column(np.float32, (self.max_len, dim), per="clip"),
+                "text/bert_length": Column(np.int32, per="clip")}
+
+    def compute_batch(self, inputs):
+        """The whole batch's transcripts at once; a clip without one: status ``no_transcript``, no
+        tokens (not [CLS][SEP]): zeros and length 0."""
+        from features import bert
+
+        transcripts = transcripts_of(self.clips())
+        out = bert.token_vectors(inputs["model"], inputs["tokenizer"], transcripts, max_len=self.max_len,
+                                 batch_size=self.infer_batch_size, device=inputs["device"], precision=self.precision)
+        status, reason = transcript_status(transcripts, "bert")
+        results = [{"text/bert": out["bert"][i], "text/bert_length": out["length"][i]} if status[i] == "ok" else None
+                   for i in range(len(transcripts))]
+        return results, status, reason
 
 
 #: ``[Shard] embeddings`` entry -> its stage, in ``features.registry`` order (where each is declared)

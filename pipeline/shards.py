@@ -15,7 +15,7 @@ import numpy as np
 from features import registry
 from pipeline.audio import VAD, Decode, LogMel, Prosody, Segment
 from pipeline.video import Align, Faces, LandmarkPCA
-from pipeline.base import (MAX_BATCHES, BatchTask, StoreTarget, array_bytes, auto_batch_size, clip_table, digest,
+from pipeline.base import (MAX_BATCHES, BatchTask, StoreTarget, array_bytes, auto_batch_size, digest,
                            logger, n_batches, paths, read_input)
 from pipeline.files import atomic_path, hold_build_lock, release_build_lock, sweep_stale_temps
 from pipeline.catalog import build_facts, record_problems, refresh_records
@@ -113,7 +113,7 @@ class Shard(BatchTask):
         clips = self.clips()
         ds = get_dataset(self.manifest, self.dataset)
         table = dict(dec["clips"])
-        table.update(clip_table(clips, seg["clips"]["status"], seg["clips"]["reason"]))
+        table.update(self.clip_group(seg["clips"]["status"], seg["clips"]["reason"]))
         table["source"] = np.array([os.path.relpath(c.path, ds.root_dir) if c.path else "" for c in clips],
                                    dtype=object)
         table["label"] = np.array([c.label for c in clips], dtype=object)

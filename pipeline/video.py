@@ -12,7 +12,8 @@ import luigi
 import numpy as np
 
 from pipeline.audio import LogMel, Segment
-from pipeline.base import BatchTask, clip_rows, clip_table, logger, n_batches, read_input
+from pipeline.base import BatchTask, clip_rows, logger, n_batches, read_input
+from pipeline.stage import ClipStage, Column
 from pipeline.manifest import get_dataset
 
 
@@ -53,7 +54,7 @@ def faces_of_clip(path, *, fps, detect, predictor, detect_every=10, full_every=3
                       crop=big, crop_small=small)
 
 
-class Faces(BatchTask):
+class Faces(ClipStage):
     """Decode video, detect and track the subject's face, 68 landmarks, crops, 49-point shape."""
 
     STAGE = "faces"
@@ -83,36 +84,28 @@ class Faces(BatchTask):
                     max_gap=self.max_gap, margin=self.margin, crop_size=self.crop_size,
                     crop_size_small=self.crop_size_small)
 
-    def run(self):
-        from features import store
+    def open_inputs(self, inputs, stack):
+        inputs["fps"] = get_dataset(self.manifest, self.dataset).video_fps
+        inputs["detect"], inputs["predictor"] = face_models(self.detector, self.upsample)
+
+    def columns(self, inputs):
+        big, small = (self.crop_size, self.crop_size, 3), (self.crop_size_small, self.crop_size_small, 3)
+        return {"video/time": Column(np.float64), "video/found": Column(np.uint8),
+                "video/interpolated": Column(np.uint8), "video/box": Column(np.float32, (4,)),
+                "video/landmarks68": Column(np.float32, (68, 2)), "video/shape49": Column(np.float32, (98,)),
+                "video/crop": Column(np.uint8, big), "video/crop_small": Column(np.uint8, small),
+                "clips/fps": Column(np.float32, per="clip"), "clips/width": Column(np.int32, per="clip"),
+                "clips/height": Column(np.int32, per="clip"), "clips/rotation": Column(np.int16, per="clip")}
+
+    def compute(self, i, clip, inputs):
         from features.errors import ClipError
 
-        fps = get_dataset(self.manifest, self.dataset).video_fps
-        detect, predictor = face_models(self.detector, self.upsample)
-
-        def one(i, clip):
-            if clip.path is None:
-                raise ClipError("missing_file", "no file under the root matches this clip id")
-            return faces_of_clip(clip.path, fps=fps, detect=detect, predictor=predictor, **self.chain_params())
-
-        clips = self.clips()
-        results, status, reason = self.per_clip(one)
-        arrays = [r[1] if r else None for r in results]
-        group = {}
-        shapes = {"time": (), "found": (), "interpolated": (), "box": (4,), "landmarks68": (68, 2), "shape49": (98,),
-                  "crop": (self.crop_size, self.crop_size, 3),
-                  "crop_small": (self.crop_size_small, self.crop_size_small, 3)}
-        dtypes = {"time": np.float64, "found": np.uint8, "interpolated": np.uint8, "crop": np.uint8,
-                  "crop_small": np.uint8}
-        for name, row in shapes.items():
-            dt = dtypes.get(name, np.float32)
-            group[name], group["offsets"] = store.pack(
-                [a[name] if a else np.zeros((0, *row), dt) for a in arrays], dtype=dt, row_shape=row)
-        table = clip_table(clips, status, reason)
-        infos = [r[0] if r else {} for r in results]
-        for key, dt in (("fps", np.float32), ("width", np.int32), ("height", np.int32), ("rotation", np.int16)):
-            table[key] = np.array([info.get(key) or 0 for info in infos], dtype=dt)
-        self.write({"clips": table, "video": group})
+        if clip.path is None:
+            raise ClipError("missing_file", "no file under the root matches this clip id")
+        info, arrays = faces_of_clip(clip.path, fps=inputs["fps"], detect=inputs["detect"],
+                                     predictor=inputs["predictor"], **self.chain_params())
+        return {**{f"video/{k}": v for k, v in arrays.items()},
+                **{f"clips/{k}": info.get(k) or 0 for k in ("fps", "width", "height", "rotation")}}
 
 
 class LandmarkPCA(BatchTask):
@@ -153,36 +146,41 @@ class LandmarkPCA(BatchTask):
         self.write({"pca": {**basis, "fit_clips": np.array(fit_clips, dtype=object)}})
 
 
-class Align(BatchTask):
+class Align(ClipStage):
     """For each 655 ms audio window, the 16 video frames of its voiced time (AVEF §1, §2.1.2)."""
 
     STAGE = "align"
     CODE_VERSION = "2"  # 2: frames from the spans of the window's audio frames only (not a pause's);
     #                     fewer than 16: the first and last frames doubled ("repeat the first two …")
     frames_per_window = luigi.IntParameter(default=16, description="video frames per window (AVEF: 16)")
+    GATE = "faces"
+    READS = {"segment": ("windows",), "faces": ("video/time", "video/found", "video/offsets")}
 
     def requires(self):
         return {"segment": self.clone(Segment), "faces": self.clone(Faces)}
 
-    def run(self):
+    def open_inputs(self, inputs, stack):
+        inputs["grid"] = {k: getattr(self.clone(LogMel), k) for k in ("frame_ms", "hop_ms")}  # Segment's frame grid
+
+    def columns(self, inputs):
+        return {"windows/video_frames": Column(np.int32, (self.frames_per_window,), per="window", fill=-1),
+                "windows/video_ok": Column(np.uint8, per="window"),
+                "windows/video_reason": Column(object, per="window", fill="")}
+
+    def compute(self, i, clip, inputs):
         from features.align import align_windows, window_spans
 
-        inp = self.requires()
-        seg = read_input(inp["segment"], "windows")
-        faces = read_input(inp["faces"], "video/time", "video/found", "video/offsets")
-        grid = {k: getattr(self.clone(LogMel), k) for k in ("frame_ms", "hop_ms")}  # Segment's frame grid
-        w, n = seg["windows"], self.frames_per_window
-        frames = np.full((len(w["clip"]), n), -1, np.int32)
-        ok = np.zeros(len(w["clip"]), np.uint8)
-        why = np.full(len(w["clip"]), "", dtype=object)
-        for i, status in enumerate(faces["clips"]["status"]):
-            sel = np.flatnonzero(w["clip"] == i)
+        w, video = inputs["segment"]["windows"], inputs["faces"]["video"]
+        sel = np.flatnonzero(w["clip"] == i)
+        if not len(sel):
+            return {k: c.placeholder(0) for k, c in self.columns(inputs).items()}
+        frames, ok, why = align_windows(clip_rows(video, "time", i), clip_rows(video, "found", i).astype(bool),
+                                        spans=window_spans(w["frames"][sel], **inputs["grid"]), n=self.frames_per_window)
+        return {"windows/video_frames": frames, "windows/video_ok": ok, "windows/video_reason": why}
+
+    def finish(self, groups, results, inputs):
+        """A window of a clip without usable video: its reason is the clip's status (Faces')."""
+        w, why = inputs["segment"]["windows"], groups["windows"]["video_reason"]
+        for i, status in enumerate(groups["clips"]["status"]):
             if status != "ok":
-                why[sel] = status
-                continue
-            if len(sel):
-                frames[sel], ok[sel], why[sel] = align_windows(
-                    clip_rows(faces["video"], "time", i), clip_rows(faces["video"], "found", i).astype(bool),
-                    spans=window_spans(w["frames"][sel], **grid), n=n)
-        self.write({"clips": clip_table(self.clips(), faces["clips"]["status"], faces["clips"]["reason"]),
-                    "windows": {"video_frames": frames, "video_ok": ok, "video_reason": why}})
+                why[w["clip"] == i] = status

@@ -28,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features.audio import decode  # noqa: E402
 from features.face import keypoint_box  # noqa: E402
-from features.store import Shard  # noqa: E402
+from features.store import ShardReader  # noqa: E402
 from features.video import iter_video  # noqa: E402
 from pipeline.manifest import get_dataset  # noqa: E402
 
@@ -160,7 +160,7 @@ def sheet(shard_path, clip_id, *, out=None, root=None, manifest=MANIFEST, window
     docstring) into the PNG ``out`` (default ``contact_<clip_id>.png``); returns its path.
     ``root``: the dataset root holding ``clips/source`` (default: found by ``source_file``).
     Raises ``UnknownClip`` when the shard has no such clip."""
-    shard = Shard(shard_path)
+    shard = ShardReader(shard_path)
     ids = list(shard.clips["id"])
     if clip_id not in ids:
         raise UnknownClip(f"clip {clip_id!r} is not in {shard_path} (its {len(ids)} clips: {', '.join(ids[:30])})")

@@ -21,12 +21,12 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features.align import frames_in_spans, window_spans  # noqa: E402
-from features.store import Shard  # noqa: E402
+from features.store import ShardReader  # noqa: E402
 
 
 def count(path: str) -> dict:
     """Per shard: windows, across a pause, with video, and the silent slots of each window."""
-    s = Shard(path)
+    s = ShardReader(path)
     w = s.windows
     grid = {k: s.attrs["config"]["logmel"][k] for k in ("frame_ms", "hop_ms")}
     out = {"windows": len(w["clip"]), "pause": 0, "pause_video": 0, "silent_slots": []}

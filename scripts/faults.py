@@ -906,11 +906,11 @@ def case_shard_damage(ctx: Ctx) -> list[Row]:
 
 READ_SHARD = '''
 import json, sys
-from features.store import Shard
+from features.store import ShardReader
 out = []
 for path in sys.argv[1:]:
     try:
-        clips = Shard(path).clips
+        clips = ShardReader(path).clips
         leak = clips.get("leak")
         out.append({"raised": False, "leak": bytes(bytearray(leak.tolist()))[:40].decode("latin-1") if leak is not None else None})
     except Exception as err:
@@ -961,7 +961,7 @@ def case_external(ctx: Ctx) -> list[Row]:
         else:
             obs = f"{x['type']}: {short(x['msg'].replace(path, '<shard>'), 130)}"
             held = path in x["msg"] and "clips/leak" in x["msg"] and "root:" not in x["msg"]
-        out.append(Row(f"shard with {what}: read with features.store.Shard",
+        out.append(Row(f"shard with {what}: read with features.store.ShardReader",
                        "refused before any byte is read, naming the file and clips/leak", obs, held))
     out.append(trainer_row("shard with external storage: trainer", train(store, os.path.join(d, "runs")), ctx.victim))
     out.append(rebuild_row(ctx, "shard with external storage: rebuild", store))

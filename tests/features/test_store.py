@@ -34,7 +34,7 @@ def test_shard_reader_returns_windows_and_json_attributes(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "s.h5"
     logmel, frames, clips = _toy_shard(path, rng)
-    s = store.Shard(path)
+    s = store.ShardReader(path)
     assert s.attrs["config"] == {"Segment": {"hop_frames": 34}} and s.attrs["format_version"] == store.FORMAT_VERSION
     assert list(s.clips["id"]) == ["a", "b", "c"] and s.clips["status"][1] == "empty_audio"
     assert s.n_windows == 3
@@ -51,7 +51,7 @@ def test_shard_reader_survives_pickling_into_another_process(tmp_path):
     rng = np.random.default_rng(1)
     path = tmp_path / "s.h5"
     _toy_shard(path, rng)
-    s = store.Shard(path)
+    s = store.ShardReader(path)
     before = s.window(2)
     clone = pickle.loads(pickle.dumps(s))
     assert clone._f is None
@@ -125,3 +125,10 @@ def test_assemble_copies_sources_and_refuses_conflicts(tmp_path):
     store.write(c, attrs={}, groups={"frames": {"offsets": np.array([0, 4])}})
     with pytest.raises(ParameterError, match="frames/offsets differs"):
         store.assemble(tmp_path / "bad.h5", sources=[a, c], attrs={}, groups={})
+
+
+def test_the_readers_old_name_still_finds_it_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="ShardReader"):
+        assert store.Shard is store.ShardReader
+    with pytest.raises(AttributeError):
+        store.NoSuchThing

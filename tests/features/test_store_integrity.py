@@ -81,7 +81,7 @@ def test_flipped_byte_in_a_chunk_is_an_error_naming_shard_dataset_and_the_fix(tm
     rows = _shard(path, np.random.default_rng(1))
     offset, size = _chunked(path)["frames/logmel"][0]
     _flip(path, bad, offset + size // 2)
-    s = store.Shard(bad)
+    s = store.ShardReader(bad)
     assert list(s.clips["id"]) == ["a", "b", "c"]  # the undamaged datasets still read
     with pytest.raises(CorruptShard) as err:
         s.logmel(0)
@@ -90,10 +90,10 @@ def test_flipped_byte_in_a_chunk_is_an_error_naming_shard_dataset_and_the_fix(tm
     assert "luigi --module pipeline BuildShards --dataset toy" in msg
     assert err.value.path == str(bad) and err.value.dataset == "frames/logmel"
     with pytest.raises(CorruptShard, match="frames/logmel"):
-        store.Shard(bad).window(0)
+        store.ShardReader(bad).window(0)
     with pytest.raises(CorruptShard, match="frames/logmel"):
         store.read_group(bad, "frames")
-    np.testing.assert_array_equal(store.Shard(path).logmel(0), rows[:900])  # the original is fine
+    np.testing.assert_array_equal(store.ShardReader(path).logmel(0), rows[:900])  # the original is fine
 
 
 def test_48_random_byte_flips_inside_chunks_are_all_detected(tmp_path):
@@ -129,7 +129,7 @@ def test_flipped_byte_in_a_string_is_detected_by_its_crc32(tmp_path):
     with pytest.raises(CorruptShard, match=f"{bad}: dataset clips/label is corrupt.*crc32"):
         store.read_group(bad, "clips")
     with pytest.raises(CorruptShard, match="clips/label"):
-        store.Shard(bad).clips
+        store.ShardReader(bad).clips
     _flip(path, bad, offset + 3, xor=0x80)  # not UTF-8 any more
     with pytest.raises(CorruptShard, match="clips/label"):
         store.read_group(bad, "clips")
@@ -146,7 +146,7 @@ def test_files_without_checksums_still_read(tmp_path):
         f.create_dataset("frames/logmel", data=x, chunks=(100, 64), **hdf5plugin.Blosc(cname="zstd", clevel=1))
         f.create_dataset("frames/offsets", data=np.array([0, 300]))
         f.create_dataset("clips/id", data=["a"], dtype=h5py.string_dtype("utf-8"))
-    np.testing.assert_array_equal(store.Shard(path).logmel(0), x)
+    np.testing.assert_array_equal(store.ShardReader(path).logmel(0), x)
     assert store.read_attrs(path)["format_version"] == 1 and "checksums" not in store.read_attrs(path)
 
 
@@ -167,7 +167,7 @@ def test_truncated_shard_is_a_corrupt_shard_error_naming_the_file(tmp_path):
     with open(path, "rb") as f, open(cut, "wb") as g:
         g.write(f.read(os.path.getsize(path) // 2))
     with pytest.raises(CorruptShard, match=f"{cut}.*avstore verify"):
-        store.Shard(cut).clips
+        store.ShardReader(cut).clips
     with pytest.raises(CorruptShard, match=str(cut)):
         store.read_group(cut, "clips")
 
@@ -227,7 +227,7 @@ def test_shard_pointing_outside_itself_is_refused(tmp_path, secret, kind, what):
         store.check_closed(path)
     assert str(path) in str(err.value) and err.value.path == str(path)
     with pytest.raises(UnsafeShard, match=what):  # the reader refuses it before reading anything
-        store.Shard(path).clips
+        store.ShardReader(path).clips
     with pytest.raises(UnsafeShard, match=what):
         store.read_group(path, "clips")
     with pytest.raises(UnsafeShard, match=what):
@@ -238,7 +238,7 @@ def test_external_storage_is_refused_before_any_byte_of_the_target_is_read(tmp_p
     path = _add(tmp_path / "s.h5", _external_storage(secret))
     with h5py.File(path, "r") as f:  # what the reader returned before issue 19
         assert f["clips/id"][:4].tobytes() == b"root"
-    s = store.Shard(path)
+    s = store.ShardReader(path)
     with pytest.raises(UnsafeShard, match="points outside the file"):
         s.group("clips")
 
@@ -267,7 +267,7 @@ def test_soft_link_inside_the_file_and_a_plain_shard_pass(tmp_path):
     with h5py.File(path, "a") as f:
         f["clips/alias"] = h5py.SoftLink("/clips/id")
     store.check_closed(path)
-    assert list(store.Shard(path).clips["alias"]) == ["a", "b", "c"]
+    assert list(store.ShardReader(path).clips["alias"]) == ["a", "b", "c"]
 
 
 def test_check_closed_is_cheap_and_cached_per_file(tmp_path):

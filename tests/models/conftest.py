@@ -166,12 +166,12 @@ def fit_steps(model, batch, steps, lr):
 
 def demo_units(store) -> dict:
     """{clip id: (t_begin, t_end, kind) arrays} of the demo clips in ``store``'s shards."""
-    from features.store import Shard
+    from features.store import ShardReader
     from models.data import find_shards
 
     out = {}
     for path in find_shards(store, "demo"):
-        s = Shard(path)
+        s = ShardReader(path)
         for c, cid in enumerate(s.clips["id"]):
             u = s.units(c)
             out[str(cid)] = (np.asarray(u["t_begin"]), np.asarray(u["t_end"]), np.asarray(u["kind"]))

@@ -13,7 +13,7 @@ import torch
 
 from features.align import window_spans
 from features.labels import window_means
-from features.store import Shard
+from features.store import ShardReader
 from models import metrics
 from models.data import ShardDataset, clip_table, collate, find_shards
 from models.dlstm import DLSTM, DLSTMConfig
@@ -36,7 +36,7 @@ def test_the_shards_hold_each_clips_series_as_the_file_gives_it(vat_store):
     paths = find_shards(store, "demo")
     seen = set()
     for p in paths:
-        s = Shard(p)
+        s = ShardReader(p)
         assert s.has_labels_t
         for c, cid in enumerate(s.clips["id"]):
             lab = s.labels_t(c)
@@ -47,7 +47,7 @@ def test_the_shards_hold_each_clips_series_as_the_file_gives_it(vat_store):
             if mine:
                 seen.add(cid)
     assert seen == {r["clip_id"] for r in rows} and "s3_sadness_02" not in seen
-    s = Shard(paths[0])
+    s = ShardReader(paths[0])
     c = next(c for c in range(len(s.clips["id"])) if len(s.labels_t(c)["time"]) > 100)
     lab = s.labels_t(c)
     grid, values = s.labels_on_grid(c, 0.04, how="interp")   # the file's own 40 ms grid: its values
@@ -182,7 +182,7 @@ def test_a_changed_labels_file_rebuilds_the_shard_stage_only(vat_store, emb_weig
     assert set(ran) == {"Shard", "BuildShards"} and ran.count("Shard") == 1, ran
     values = []
     for p in find_shards(copy, "demo"):
-        s = Shard(p)
+        s = ShardReader(p)
         c = list(s.clips["id"]).index(first[0]) if first[0] in list(s.clips["id"]) else None
         if c is not None:
             values.append(float(s.labels_t(c)["valence"][0]))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from features import bert, image_encoder, registry, wav2vec
-from features.store import Shard
+from features.store import ShardReader
 from models.data import ShardDataset, clip_table, collate, find_shards
 from tests.models.conftest import emb_args, fresh_build, link_tree
 from tests.conftest import ROOT
@@ -65,7 +65,7 @@ def hf_store(full_store, emb_weights, tmp_path_factory):
 def test_each_new_embedding_is_built_and_read_by_its_declaration_alone(hf_store):
     store, models = hf_store
     paths = find_shards(store, "demo")
-    s = Shard(paths[0])
+    s = ShardReader(paths[0])
     assert s.attrs["embeddings"][-3:] == ["bert", "image_encoder", "wav2vec"]
     for name in ("wav2vec_window", "wav2vec", "image_encoder", "bert"):
         assert s.has(name), name
@@ -83,7 +83,7 @@ def test_each_new_embedding_is_built_and_read_by_its_declaration_alone(hf_store)
     assert cb["wav2vec"].shape == (2, 16) and cb["bert"].shape == (2, 100, 16)
     assert cb["bert_length"].dtype == torch.int64 and (cb["bert_length"] > 2).all()   # [CLS] words [SEP]
     c = int(t.index[cs.items[0]])
-    got = Shard(t.paths[t.shard[cs.items[0]]]).clip_feature("bert", c)
+    got = ShardReader(t.paths[t.shard[cs.items[0]]]).clip_feature("bert", c)
     assert int(cb["bert_length"][0]) == got["length"] and not cb["bert"][0, got["length"]:].any()
 
 
@@ -91,7 +91,7 @@ def test_the_stage_computes_what_the_extractor_gives(hf_store):
     """A clip's stored window and clip vectors are features.wav2vec's on Waveform's signal and the
     clip's window spans; an image row is features.image_encoder's on that frame's crop."""
     store, models = hf_store
-    s = Shard(find_shards(store, "demo")[0])
+    s = ShardReader(find_shards(store, "demo")[0])
     c = int(np.flatnonzero(s.clips["status"] == "ok")[0])
     w = s.windows
     idx = np.flatnonzero(w["clip"] == c)

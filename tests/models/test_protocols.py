@@ -3,7 +3,7 @@ import pytest
 
 from features.errors import ParameterError
 from features.landmarks import fit_pca
-from features.store import Shard
+from features.store import ShardReader
 from models.data import ClipTable, clip_table, find_shards
 from models.protocols import dataset_protocol, fit_pca_basis, make_folds
 
@@ -93,9 +93,9 @@ def test_demo_protocol_from_the_shards_and_pca_refit(demo_store):
     assert sorted(sp for f in folds for sp in set(t.speaker[f.test])) == ["s1", "s2", "s3"]
     f = folds[0]
     basis = fit_pca_basis(t, f.train)
-    X = np.concatenate([Shard(t.paths[t.shard[r]]).video(int(t.index[r]), "shape49") for r in f.train])
+    X = np.concatenate([ShardReader(t.paths[t.shard[r]]).video(int(t.index[r]), "shape49") for r in f.train])
     ref = fit_pca(X, n_components=20)        # the training clips' frames only
     np.testing.assert_allclose(basis["mean"], ref["mean"])
     np.testing.assert_allclose(np.abs(basis["components"]), np.abs(ref["components"]), atol=1e-8)
-    stored = Shard(t.paths[0]).group("pca")   # fitted on every clip: not the fold's basis
+    stored = ShardReader(t.paths[0]).group("pca")   # fitted on every clip: not the fold's basis
     assert not np.allclose(basis["explained_variance"], stored["explained_variance"])

@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 
 def test_the_declarations_match_a_built_shard(full_store):
     path = sorted(p for p in data.find_shards(full_store, "demo"))[0]
-    s = fstore.Shard(path)
+    s = fstore.ShardReader(path)
     with h5py.File(path) as f:
         for feat in registry.FEATURES:
             if not feat.default or feat.name == "vggface":   # need weights or a model folder the demo build

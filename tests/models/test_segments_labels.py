@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from features.audio import window_image
-from features.store import Shard
+from features.store import ShardReader
 from models import aclstm as A
 from models.data import SEGMENT_KEYS, ShardDataset, clip_table, collate, find_shards, unit_windows
 from models.layers import unit_assignment
@@ -32,7 +32,7 @@ def test_segment_labels_are_stored_per_unit_and_only_the_shard_stage_reruns(seg_
     store, _, units = seg_store
     seen = set()
     for path in find_shards(store, "demo"):
-        s = Shard(path)
+        s = ShardReader(path)
         assert s.has_unit_labels
         for c, cid in enumerate(s.clips["id"]):
             lab = s.unit_labels(c)

@@ -21,7 +21,7 @@ def by_clip(paths):
     """{clip id: (shard, clip index)} over the shards."""
     out = {}
     for p in paths:
-        s = store.Shard(p)
+        s = store.ShardReader(p)
         for i, cid in enumerate(s.clips["id"]):
             out[cid] = (s, i)
     return out
@@ -48,12 +48,12 @@ def test_demo_build_statuses_windows_and_provenance(demo_store):
         assert np.all(voiced[w["frames"][mine]] == 1)  # windows use voiced frames only
         assert np.all(w["t_end"][mine] - w["t_begin"][mine] >= 0.655 - 1e-6)
         assert s.window(mine[0]).shape == (64, 64, 3)
-    attrs = store.Shard(paths[0]).attrs
+    attrs = store.ShardReader(paths[0]).attrs
     assert attrs["dataset"] == "demo" and attrs["config"]["segment"]["hop_frames"] == 34
     assert set(attrs["stages"]) == {"decode", "vad", "prosody", "logmel", "segment", "faces", "align",
                                     "landmark_pca", "descriptor", "waveform"}  # + the default embeddings
     assert "librosa" in attrs["libraries"] and attrs["chain"]["code_version"]
-    s0 = store.Shard(paths[0])
+    s0 = store.ShardReader(paths[0])
     assert all(len(h) == 64 for h in s0.clips["source_sha256"] if h)
 
 
@@ -64,7 +64,7 @@ def test_second_run_with_nothing_changed_runs_no_task(store_copy):
 def test_segmentation_change_on_the_command_line_reruns_only_segmentation(store_copy):
     ran = build(store_copy, "--Segment-hop-frames", "30")
     assert ran == ["Align"] * 3 + ["BuildShards"] + ["Segment"] * 3 + ["Shard"] * 3
-    new = [p for p in shards(store_copy) if store.Shard(p).attrs["config"]["segment"]["hop_frames"] == 30]
+    new = [p for p in shards(store_copy) if store.ShardReader(p).attrs["config"]["segment"]["hop_frames"] == 30]
     assert len(new) == 3
     for s, i in by_clip(new).values():
         if s.clips["status"][i] == "ok":
@@ -147,7 +147,7 @@ def test_audio_only_shards_reuse_the_audio_stages_and_skip_the_visual_chain(stor
     assert len(audio_only) == 3 and sum(has_video.values()) == 3
     full = by_clip([p for p, v in has_video.items() if v])
     for p in audio_only:
-        s = store.Shard(p)
+        s = store.ShardReader(p)
         assert "video_status" not in s.clips
         with h5py.File(p) as f:
             assert "video" not in f and "pca" not in f and "video_frames" not in f["windows"]

@@ -169,7 +169,7 @@ def test_a_build_with_a_crashing_clip_writes_its_shard(tmp_path, monkeypatch):
     monkeypatch.setattr(audio, "decode_to", _crashing({"crasher"}))
     build(tmp_path / "store", "--video", "false", "--Shard-embeddings", "[]", dataset="mini", manifest=manifest)
     (path,) = glob.glob(str(tmp_path / "store" / "mini" / "shards" / "*" / "shard-*.h5"))
-    s = store.Shard(path)
+    s = store.ShardReader(path)
     got = dict(zip(s.clips["id"], zip(s.clips["status"], s.clips["reason"])))
     assert got["crasher"] == ("error", "decode: decoder crashed: signal 11 (SIGSEGV)")
     assert got["s1_anger_01"][0] == got["s2_happiness_01"][0] == "ok"

@@ -29,7 +29,7 @@ def shard_paths(store_dir, dataset):
 
 def test_demo_shards_hold_the_default_embeddings(demo_store):
     for path in shard_paths(demo_store, "demo"):
-        s = store.Shard(path)
+        s = store.ShardReader(path)
         assert s.has("descriptor") and s.has("waveform")
         assert not s.has("vggish") and not s.has("vggface") and not s.has("glove")  # no weights configured
         assert s.attrs["embeddings"] == ["descriptor", "waveform"]
@@ -89,7 +89,7 @@ def test_all_embeddings_in_the_shard_match_direct_computation(mini, weights):
     root, _, ran = mini
     assert {"VGGish", "VGGFace", "GloVe", "FaceDescriptor", "Waveform"} <= set(ran)
     (path,) = shard_paths(root / "store", "mini")
-    s = store.Shard(path)
+    s = store.ShardReader(path)
     assert all(s.has(n) for n in ("vggish", "vggish_window", "descriptor", "vggface", "glove", "waveform"))
     assert set(s.attrs["stages"]) >= {"vggish", "vggface", "glove", "descriptor", "waveform"}
     assert s.attrs["config"]["vggish"]["weights_sha256"] == embeddings.file_sha256(weights / "vggish.pth")
@@ -145,8 +145,8 @@ def test_embeddings_are_switched_off_by_the_shard_list(mini, weights):
     ran = fresh_build(root / "store", *emb_args(weights), "--Shard-embeddings", '["waveform"]', dataset="mini",
                       manifest=manifest)
     assert ran == ["BuildShards", "Shard"]
-    new = [p for p in shard_paths(root / "store", "mini") if store.Shard(p).attrs["embeddings"] == ["waveform"]]
-    assert len(new) == 1 and not store.Shard(new[0]).has("vggish") and store.Shard(new[0]).has("waveform")
+    new = [p for p in shard_paths(root / "store", "mini") if store.ShardReader(p).attrs["embeddings"] == ["waveform"]]
+    assert len(new) == 1 and not store.ShardReader(new[0]).has("vggish") and store.ShardReader(new[0]).has("waveform")
 
 
 def test_a_missing_weight_file_fails_that_stage_only(mini, tmp_path):
@@ -163,7 +163,7 @@ def test_a_missing_weight_file_fails_that_stage_only(mini, tmp_path):
                     "none", "--VGGish-weights", missing, "--Shard-embeddings", '["waveform", "vggish"]'])
     assert not ok and "VGGish" not in RAN and "Shard" not in RAN
     assert RAN == ["Waveform"]  # the other stage with a new configuration was built
-    shards = [store.Shard(p).attrs for p in shard_paths(root / "store", "mini")]
+    shards = [store.ShardReader(p).attrs for p in shard_paths(root / "store", "mini")]
     assert not any(a["embeddings"] == ["waveform", "vggish"] for a in shards)  # no shard silently lacking vggish
     task = VGGish(dataset="mini", batch=0, batch_size=16, manifest=str(manifest), store=str(root / "store"),
                   weights=missing)

@@ -13,7 +13,7 @@ def floor_fractions(store_dir, signal_scale=32768.0):
     shards built at ``signal_scale``."""
     out = {}
     for path in shards(store_dir):
-        s = store.Shard(path)
+        s = store.ShardReader(path)
         if s.attrs["config"]["logmel"]["signal_scale"] != signal_scale:
             continue
         assert s.clips["logmel_floor_fraction"].dtype == np.float32
@@ -40,7 +40,7 @@ def test_the_demo_shards_hold_each_clips_floored_fraction(demo_store):
         assert stored == np.float32(again), cid
     values = np.array([v[0] for v in ok.values()])
     assert values.max() < 0.15 and np.median(values) < 0.1
-    attrs = store.Shard(shards(demo_store)[0]).attrs
+    attrs = store.ShardReader(shards(demo_store)[0]).attrs
     assert attrs["code_versions"]["logmel"] == "3" and attrs["config"]["logmel"]["signal_scale"] == 32768.0
 
 

@@ -9,7 +9,7 @@ from features import store
 
 class Windows(torch.utils.data.Dataset):
     def __init__(self, paths):
-        self.shards = [store.Shard(p) for p in paths]
+        self.shards = [store.ShardReader(p) for p in paths]
         self.index = [(k, i) for k, s in enumerate(self.shards) for i in range(s.n_windows)]
 
     def __len__(self):
@@ -31,6 +31,6 @@ def test_windows_through_a_two_worker_dataloader_equal_direct_reads(demo_store):
         assert x.shape[1:] == (64, 64, 3) and x.dtype == torch.float32
         for row, jj in zip(x[:3], j[:3]):
             k, i = data.index[int(jj)]
-            np.testing.assert_array_equal(row.numpy(), store.Shard(paths[k]).window(i))
+            np.testing.assert_array_equal(row.numpy(), store.ShardReader(paths[k]).window(i))
         seen += len(j)
     assert seen == len(data)

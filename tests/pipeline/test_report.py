@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from features.store import Shard
+from features.store import ShardReader
 from pipeline import cli
 from pipeline import report
 from tests.conftest import ROOT
@@ -51,7 +51,7 @@ def made(demo_store, tmp_path_factory):
 
 def test_page_renders_in_chromium_with_every_image_and_row(made, demo_store, tmp_path):
     out, numbers = made
-    n_clips = sum(len(Shard(p).clips["id"]) for p in shards(demo_store))
+    n_clips = sum(len(ShardReader(p).clips["id"]) for p in shards(demo_store))
     dom = browse(out / "index.html", tmp_path, "--dump-dom")
     body = dict(re.findall(r'data-(images|rows|reasons)="([^"]*)"', re.search(r"<body[^>]*>", dom).group(0)))
     expected = 1 + len(report.METRICS) + SHEETS  # status chart, histograms, contact sheets
@@ -205,7 +205,7 @@ def test_contact_sheet_of_a_lone_shard_says_why_it_has_no_source(demo_store, tmp
     lone = tmp_path / "store" / "demo" / "shards" / "x" / os.path.basename(s.path)
     lone.parent.mkdir(parents=True)
     os.symlink(s.path, lone)  # the shard without its store's stage outputs (a pulled or copied shard)
-    path, why = cs.source_file(Shard(lone), c, None, str(tmp_path / "no_manifest.yaml"))
+    path, why = cs.source_file(ShardReader(lone), c, None, str(tmp_path / "no_manifest.yaml"))
     assert path is None and "no decode output beside the shard" in why and "no dataset root" in why
-    path, why = cs.source_file(Shard(lone), c, None, os.path.join(ROOT, "data_manifest.yaml"))
+    path, why = cs.source_file(ShardReader(lone), c, None, os.path.join(ROOT, "data_manifest.yaml"))
     assert path.endswith("s1_anger_01.mp4") and why == ""  # the manifest's root still works

@@ -40,11 +40,11 @@ def test_demo_video_statuses_faces_and_window_alignment(demo_store):
 
 def test_landmark_pca_is_white_on_its_fit_set_and_stored_in_every_shard(demo_store):
     paths = shards(demo_store)
-    pca = [store.Shard(p).group("pca") for p in paths]
+    pca = [store.ShardReader(p).group("pca") for p in paths]
     for p in pca[1:]:
         np.testing.assert_array_equal(p["components"], pca[0]["components"])
     assert pca[0]["components"].shape == (20, 98)
-    frames = np.concatenate([store.Shard(p).group("video")["pca"] for p in paths])
+    frames = np.concatenate([store.ShardReader(p).group("video")["pca"] for p in paths])
     frames = frames[~np.isnan(frames).any(axis=1)]
     np.testing.assert_allclose(frames.mean(axis=0), 0, atol=1e-3)
     np.testing.assert_allclose(frames.var(axis=0, ddof=1), 1, rtol=1e-3)
