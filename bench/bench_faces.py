@@ -5,7 +5,7 @@
 Three implementations run on the same clips, each in a fresh process, interleaved ``--reps`` times
 (the order rotates each round), so a busy machine slows all three alike:
 
-* ``ours``: ``pipeline.video.faces_of_clip``, what the ``Faces`` stage computes per clip with its
+* ``ours``: ``features.face.faces_of_clip``, what the ``Faces`` stage computes per clip with its
   defaults: decode (PyAV, RGB), HOG detection every 10th frame with regions around the face and the
   whole frame every 30th, tracking by normalised cross-correlation, dlib's 68-point shape predictor
   on every frame with a face, the key-point box and the 173×173 and 72×72 crops, the 49-point shape.
@@ -66,7 +66,7 @@ def reference_faces_of_clip(path, *, fps, detect, predictor):
     context (``frame.to_ndarray(format="rgb24")``); the rest of the chain is the shared code."""
     from unittest import mock
 
-    from pipeline.video import faces_of_clip
+    from features.face import faces_of_clip
 
     # features.video imports the reformatter when it opens a clip: patched, each frame gets its own
     with mock.patch("av.video.reformatter.VideoReformatter", _PerFrame):
@@ -93,7 +93,7 @@ def run_ours(paths: list[str], *, reference: bool) -> dict:
     cpu0 = time.process_time()
     import numpy as np
 
-    from pipeline.video import face_models, faces_of_clip
+    from features.face import face_models, faces_of_clip
 
     detect, predictor = face_models("hog", 1)
     start_cpu = time.process_time() - cpu0

@@ -20,7 +20,7 @@ Measured:
   and detect/track once more with every re-detection over the whole frame (``full_every=None``),
   interleaved, so ``detect_track_speedup_from_regions`` is a ratio measured side by side.
 * ``faces_speedup_vs_reference`` (in ``stages_in_process``): CPU time per frame of the Faces
-  per-clip chain (``pipeline.video.faces_of_clip``) against the chain before issue 21
+  per-clip chain (``features.face.faces_of_clip``) against the chain before issue 21
   (``bench_faces.reference_faces_of_clip``), interleaved in the same process: a slow day slows both.
 * ``storage``: bytes per hour of video in the shards: ``video/crop``, ``video/crop_small`` (HDF5
   storage size, as written), the whole shard files, and the whole store (every
@@ -152,7 +152,7 @@ def stage_times(paths: list[str]) -> dict:
     # the Faces chain against the reference (the chain before issue 21, bench_faces.py), interleaved in
     # this process, so the speed-up is a ratio measured side by side, not against another day's run
     from bench_faces import reference_faces_of_clip
-    from pipeline.video import faces_of_clip
+    from features.face import faces_of_clip
 
     cpu = {"current": [], "reference": []}
     for rep in range(2):

@@ -5,53 +5,16 @@ Chao §3.1 (49 landmarks, per-clip normalisation, PCA whitening to 20 dimensions
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import luigi
 import numpy as np
 
 from pipeline.audio import LogMel, Segment
+from features.face import face_models, faces_of_clip  # noqa: F401  (face_models: Faces.warm_up, tests)
 from pipeline.base import BatchTask, clip_rows, logger, n_batches, read_input
 from pipeline.stage import ClipStage, Column
 from pipeline.manifest import get_dataset
-
-
-@functools.lru_cache(maxsize=4)
-def face_models(detector: str, upsample: int):
-    """(face detector, dlib 68-point predictor), loaded once per process (``BatchTask.warm_up``)."""
-    from features import face, landmarks
-
-    return face.make_detector(detector, upsample=upsample), landmarks.load_predictor(68)
-
-
-def faces_of_clip(path, *, fps, detect, predictor, detect_every=10, full_every=30, detect_width=320,
-                  max_gap=5, margin=0.9, crop_size=173, crop_size_small=72, gray=False) -> tuple[dict, dict]:
-    """What ``Faces`` computes for one clip (its defaults): decode, detect and track the subject's
-    face, 68 landmarks, key-point crops and the 49-point shape. ``bench/bench_faces.py`` times
-    this very function. ``gray``: ``detect`` is handed the tracked grayscale frame (``track_faces``;
-    off in ``Faces``: faster, but on the demo's 52 px faces it finds a few frames fewer). Returns (``read_video``'s info, the clip's arrays by dataset name);
-    raises ``ClipError`` for a clip without a face (and ``read_video``'s errors)."""
-    from features import face, landmarks, video
-    from features.errors import ClipError
-
-    frames, times, info = video.read_video(path, fps=fps, as_list=True)
-    boxes, found, interpolated = face.track_faces(frames, detector=detect, detect_every=detect_every,
-                                                  scale=min(1.0, detect_width / frames[0].shape[1]),
-                                                  max_gap=max_gap, full_every=full_every, gray=gray)
-    if not found.any():
-        raise ClipError("no_face", f"no face in any of the {len(frames)} frames")
-    lm = landmarks.landmarks68_batch(frames, boxes, found, predictor=predictor)
-    big = np.zeros((len(frames), crop_size, crop_size, 3), np.uint8)
-    small = np.zeros((len(frames), crop_size_small, crop_size_small, 3), np.uint8)
-    for k in np.flatnonzero(found):
-        box = face.keypoint_box(lm[k], margin=margin)
-        big[k] = face.crop(frames[k], box, size=crop_size)
-        small[k] = face.crop(frames[k], box, size=crop_size_small)
-    shape49 = landmarks.normalize_per_clip(lm[:, landmarks.POINTS_49], mask=found)
-    return info, dict(time=times, found=found.astype(np.uint8), interpolated=interpolated.astype(np.uint8),
-                      box=boxes.astype(np.float32), landmarks68=lm.astype(np.float32), shape49=shape49,
-                      crop=big, crop_small=small)
 
 
 class Faces(ClipStage):

@@ -37,7 +37,7 @@ def test_faces_of_clip_equals_the_previous_chain():
     """The Faces stage's per-clip output, byte for byte, against the chain as it was (previous
     decode, RGB detection)."""
     from features import face, landmarks
-    from pipeline.video import face_models, faces_of_clip
+    from features.face import face_models, faces_of_clip
 
     path = os.path.join(CLIPS, "s2_happiness_01.mp4")
     detect, predictor = face_models("hog", 1)
