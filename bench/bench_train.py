@@ -1,7 +1,8 @@
 """Training throughput per model: ``python bench/bench_train.py [--store DIR] [--paper] [--steps N]``.
 
 For every model of ``models.MODELS`` whose module imports here, on the demo shards: samples/s of the loader alone
-(a ``DataLoader`` with ``--workers`` workers, the model's mode and features, batch = the config's
+(the trainers' streaming loader, ``models.stream.PackedLoader``, with ``--workers`` workers, beside a
+plain ``DataLoader`` in the same run; the model's mode and features, batch = the config's
 ``batch_size``) and of full training steps (loader + forward + loss + backward + optimizer step; bf16
 autocast on a GPU). A model whose features are not in the shards is reported with the reason.
 AVEF (and ACLSTM's and DLSTM's face CNNs) run at small widths on a CPU and at the published sizes
@@ -37,6 +38,7 @@ import torch  # noqa: E402
 import models  # noqa: E402
 from models.data import ShardDataset, clip_table, collate, find_shards  # noqa: E402
 from models.resident import DATA_MODES, feed  # noqa: E402
+from models.stream import PackedLoader  # noqa: E402
 from models.train import autocast, classes_of, features_of, make_config  # noqa: E402
 
 SMALL = {"avef": dict(small_crops=True, audio_size=67, audio_channels=(16, 32, 32, 32, 32), visual_size=32,
@@ -143,13 +145,22 @@ def bench(name, table, *, device, paper, steps, workers, data="auto", overrides=
             torch.cuda.synchronize()
         return round(n / (time.perf_counter() - t0), 1)
 
-    by_workers = {}   # the streaming loader's scaling with its worker processes: one iterator of
-    for w in workers:   # `steps` batches drawn with replacement, so the demo's short epochs do not cut it
+    by_workers, plain_by_workers = {}, {}   # the streaming loader's scaling with its worker processes: one
+    for w in workers:   # iterator of `steps` batches drawn with replacement, so the demo's short epochs do not cut it
+        pin = str(device).startswith("cuda")
         sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(steps + 1) * bs)
         dl = torch.utils.data.DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=w, collate_fn=collate,
-                                         pin_memory=str(device).startswith("cuda"))
-        by_workers[w] = rate(dl, fresh=True)
+                                         pin_memory=pin)
+        plain_by_workers[w] = rate(dl, fresh=True)   # a DataLoader: every tensor crosses on its own
         del dl
+        if w:   # the trainers' loader (models.stream): several batches per transfer, in one buffer
+            sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(steps + 1) * bs)
+            dl = PackedLoader(ds, batch_size=bs, shuffle=False, num_workers=w, collate=collate, pin_memory=pin,
+                              generator=torch.Generator().manual_seed(0), sampler=sampler)
+            by_workers[w] = rate(dl, fresh=True)
+            del dl
+        else:
+            by_workers[w] = plain_by_workers[w]
     t0 = time.perf_counter()
     dls, data_mode = feed({"train": ds}, batch_size=bs, num_workers=max(workers), device=device, data=data)
     dl = dls["train"]
@@ -181,7 +192,8 @@ def bench(name, table, *, device, paper, steps, workers, data="auto", overrides=
     step_rate = n / (time.perf_counter() - t0)
     return {"mode": module.MODE, "features": list(feats), "batch_size": bs, "items": len(ds),
             "params": sum(p.numel() for p in model.parameters()), "sizes": "paper" if paper or name not in SMALL else "small",
-            "stream_loader_samples_per_s_by_workers": by_workers, "data": data_mode,
+            "stream_loader_samples_per_s_by_workers": by_workers,
+            "stream_loader_plain_dataloader_by_workers": plain_by_workers, "data": data_mode,
             "data_ready_s": round(ready_s, 2), "loader_samples_per_s": loader_rate,
             "train_samples_per_s": round(step_rate, 1), "loader_to_step": round(loader_rate / step_rate, 1),
             "gpu_utilisation_percent": util.mean,

@@ -757,12 +757,19 @@ def loader(dataset: ShardDataset, *, batch_size: int, shuffle: bool = False, num
 
     A shuffled (training) loader drops a last batch of one item: BatchNorm cannot normalise a
     batch of one in training mode (SincNet's A-DCNN, Priyasad §2.1), and the item is in another
-    batch at the next epoch's shuffle."""
+    batch at the next epoch's shuffle. With worker processes, the batches cross to this process
+    several at a time in one buffer (``models.stream.PackedLoader``: the same batches, in the same
+    order)."""
     import torch
     from torch.utils.data import DataLoader
 
     g = torch.Generator().manual_seed(seed)
     drop_last = shuffle and len(dataset) > 1 and len(dataset) % batch_size == 1
+    if num_workers > 0:
+        from models.stream import PackedLoader
+
+        return PackedLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate=collate,
+                            generator=g, drop_last=drop_last, pin_memory=str(device).startswith("cuda"))
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=collate, pin_memory=str(device).startswith("cuda"), generator=g,
                       persistent_workers=num_workers > 0, drop_last=drop_last)
