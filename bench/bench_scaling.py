@@ -69,6 +69,8 @@ def main() -> None:
     p.add_argument("--video-clips", type=int, default=16)
     p.add_argument("--no-pin", action="store_true", help="let every N use all the cores (default: N workers on N cores)")
     args = p.parse_args()
+    if not args.no_pin and shutil.which("taskset") is None:   # util-linux; not on macOS
+        p.error("pinning N workers to N cores needs `taskset` (util-linux); install it or pass --no-pin")
     cores = os.cpu_count() or 1
     workers = [int(w) for w in args.workers.split(",")] if args.workers else counts(cores)
     out = {"date": datetime.date.today().isoformat(), "machine": f"{platform.node()}, {cores} cores",

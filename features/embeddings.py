@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from features.errors import ParameterError
-from features.hashing import sha256_file
+from features.hashing import sha256_file, tree_sha256
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: dlib's same-person threshold for its ResNet descriptor (dlib face_recognition.py example:
@@ -98,6 +98,36 @@ def batched_forward(fn, x: np.ndarray, *, batch_size: int = 64, device: str = "c
 @functools.lru_cache(maxsize=32)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
+
+
+def folder_sha256(path: str | os.PathLike) -> str:
+    """``features.hashing.tree_sha256`` of a model folder, hashed once per process while no file in
+    it changes size or mtime: every batch task of a stage puts it in its digest, and a 1.2 GB
+    wav2vec 2.0 folder takes seconds to hash."""
+    path = os.path.abspath(path)
+    signature = []
+    for root, dirs, names in os.walk(path):
+        for name in names:
+            st = os.stat(os.path.join(root, name))
+            signature.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns))
+    return _tree_sha256(path, tuple(sorted(signature)))
+
+
+@functools.lru_cache(maxsize=8)
+def _tree_sha256(path: str, signature: tuple) -> str:
+    return tree_sha256(path)
+
+
+def missing_input(feature: str, what: str, path, problem: str, *, section: str, key: str,
+                  put: str = "Put the file there") -> FileNotFoundError:
+    """The error every embedding stage gives when its configured weights file or model folder
+    cannot be used: it names the file, the workflows.cfg key, how to fix it and how to switch the
+    feature off (``pipeline.embeddings.require_file``, ``features.hf.require_model_folder``)."""
+    return FileNotFoundError(
+        f"{feature}: the {what} {path!r} {problem} (configured as `{key}` under [{section}] in workflows.cfg, "
+        f"or --{section}-{key.replace('_', '-')} on the command line). {put} or point `{key}` at it "
+        f"(docs/embeddings.md); to build without {feature}, set `{key} =` (empty) under [{section}] in "
+        f"workflows.cfg or leave \"{feature}\" out of `[Shard] embeddings`.")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -17,9 +17,9 @@ def require_model_folder(folder, *, feature: str, section: str, key: str, what: 
                          extra: tuple[str, ...] = ()) -> str:
     """Stop before any work when a Hugging Face model folder is missing, empty or incomplete.
 
-    Raises ``FileNotFoundError`` (as ``pipeline.embeddings.require_file`` for the VGGish /
-    VGGFace / GloVe files) naming the folder, the workflows.cfg key and how to switch the feature
-    off. ``extra``: file names of which at least one must be present too (a tokenizer's)."""
+    Raises ``features.embeddings.missing_input``'s ``FileNotFoundError``, the message of the VGGish /
+    VGGFace / GloVe files too: the folder, the workflows.cfg key and how to switch the feature off.
+    ``extra``: file names of which at least one must be present too (a tokenizer's)."""
     folder = os.fspath(folder) if folder is not None else ""
     if not folder or not os.path.isdir(folder):
         problem = "does not exist" if not os.path.exists(folder) else "is not a folder"
@@ -33,12 +33,11 @@ def require_model_folder(folder, *, feature: str, section: str, key: str, what: 
         problem = f"has none of {', '.join(extra)}"
     else:
         return folder
-    raise FileNotFoundError(
-        f"{feature}: the {what} {folder!r} {problem} (configured as `{key}` under [{section}] in workflows.cfg, "
-        f"or --{section}-{key.replace('_', '-')} on the command line). Put a Hugging Face model folder there "
-        f"(config.json and model.safetensors, from save_pretrained or a hub snapshot copied by hand; nothing is "
-        f"downloaded) or point `{key}` at it (docs/embeddings.md); to build without {feature}, set `{key} =` "
-        f"(empty) under [{section}] in workflows.cfg or leave \"{feature}\" out of `[Shard] embeddings`.")
+    from features.embeddings import missing_input
+
+    raise missing_input(feature, what, folder, problem, section=section, key=key,
+                        put="Put a Hugging Face model folder there (config.json and model.safetensors, from "
+                            "save_pretrained or a hub snapshot copied by hand; nothing is downloaded)")
 
 
 def precision_context(precision: str, device: str):

@@ -80,9 +80,6 @@ class _Collated(torch.utils.data.Dataset):
         get = getattr(self.dataset, "__getitems__", None)
         return pack([self.collate(get(ks) if get else [self.dataset[k] for k in ks]) for ks in group])
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
 
 def _as_is(x):
     return x

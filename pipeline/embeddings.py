@@ -7,11 +7,13 @@
 * ``VGGFace``    Faces → VGG-16 / VGG-19 face activations per video frame (Lucas §3, Hsu & Wu
   §III-B, Table 2)
 * ``GloVe``      transcripts of the labels CSV → (100, 300) GloVe vectors (Priyasad §3.1)
+* ``Wav2Vec``, ``ImageEncoder``, ``BERT``  Waveform + Segment / Faces / transcripts → a local
+  Hugging Face model's vectors (``features.wav2vec``, ``features.image_encoder``, ``features.bert``)
 
-A stage with weights (VGGish, VGGFace, GloVe) is off when its file parameter is empty; a file
-that is configured but missing fails the stage at its start, with a message naming the file,
+A stage with weights (VGGish, VGGFace, GloVe and the three Hugging Face ones) is off when its file
+parameter is empty; a file or folder that is configured but missing fails the stage at its start, with a message naming the file,
 the workflows.cfg key and how to switch the feature off. The weight file's sha256 joins the
-stage's digest, so new weights give new outputs. ``infer_batch_size`` and ``device`` do not
+stage's digest (a model folder's: every file's), so new weights give new outputs. ``infer_batch_size`` and ``device`` do not
 change the outputs (beyond float rounding) and are not hashed; ``precision`` is.
 """
 from __future__ import annotations
@@ -29,30 +31,23 @@ from pipeline.stage import ClipStage, Column
 from pipeline.video import Faces
 
 
-def _switch_off(section: str, key: str, feature: str) -> str:
-    return (f"to build without {feature}, set `{key} =` (empty) under [{section}] in workflows.cfg or leave "
-            f"\"{feature}\" out of `[Shard] embeddings`")
-
-
 def require_file(path: str, *, section: str, key: str, feature: str, what: str) -> None:
     """Stop a stage before any work when its configured file is missing."""
+    from features.embeddings import missing_input
+
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{feature}: the {what} {path!r} does not exist (configured as `{key}` under [{section}] in "
-            f"workflows.cfg, or --{section}-{key.replace('_', '-')} on the command line). Put the file there "
-            f"or point `{key}` at it (docs/embeddings.md); {_switch_off(section, key, feature)}.")
+        raise missing_input(feature, what, path, "does not exist", section=section, key=key)
 
 
 def file_identity(path: str) -> str | None:
     """The sha256 of a configured file or model folder, "missing" when it does not exist, None when
     not configured."""
-    from features.embeddings import file_sha256
-    from features.hashing import tree_sha256
+    from features.embeddings import file_sha256, folder_sha256
 
     if not path:
         return None
     if os.path.isdir(path):
-        return tree_sha256(path)
+        return folder_sha256(path)
     return file_sha256(path) if os.path.isfile(path) else "missing"
 
 

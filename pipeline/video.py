@@ -11,7 +11,7 @@ import luigi
 import numpy as np
 
 from pipeline.audio import LogMel, Segment
-from features.face import face_models, faces_of_clip  # noqa: F401  (face_models: Faces.warm_up, tests)
+from features.face import face_models, faces_of_clip
 from pipeline.base import BatchTask, clip_rows, logger, n_batches, read_input
 from pipeline.stage import ClipStage, Column
 from pipeline.manifest import get_dataset

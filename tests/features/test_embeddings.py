@@ -278,3 +278,33 @@ def test_dlib_descriptors_of_every_carphone_frame():
     assert np.all(np.linalg.norm(d - d.mean(0), axis=1) < embeddings.DLIB_SAME_PERSON)
     assert len(far) <= 0.02 * len(d) * (len(d) - 1) / 2 and pair.max() < 0.7
     assert np.isin(far, np.arange(7, 11)).any(axis=1).mean() >= 0.75  # most have a frame of the shout
+
+
+def test_a_model_folder_is_hashed_once_until_a_file_changes(tmp_path, monkeypatch):
+    """Every batch task puts the folder's sha256 in its digest: the folder is read once per
+    process, and again only when a file's size or mtime changes."""
+    from features import hashing
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 1000)
+    expected = hashing.tree_sha256(folder)
+    calls = []
+    real = hashing.sha256_file
+    monkeypatch.setattr(hashing, "sha256_file", lambda p, *a: calls.append(p) or real(p, *a))
+    assert embeddings.folder_sha256(folder) == expected and len(calls) == 2   # both files read
+    assert embeddings.folder_sha256(folder) == expected and len(calls) == 2   # the second time: none
+    (folder / "model.safetensors").write_bytes(b"\1" * 1000)                  # same size: the mtime tells
+    os.utime(folder / "model.safetensors", ns=(1, 1))
+    changed = embeddings.folder_sha256(folder)
+    assert changed != expected and changed == real_tree(folder, real) and len(calls) == 4
+
+
+def real_tree(folder, sha):
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        h.update(name.encode() + b"\0" + sha(os.path.join(folder, name)).encode())
+    return h.hexdigest()
