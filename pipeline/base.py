@@ -226,7 +226,7 @@ class BatchTask(luigi.Task):
         An output that is there but does not match the size and sha256 recorded for it in
         ``stage.json`` (truncated, a byte changed, replaced; or never recorded) is not complete
         (issue 19 item 4): the stage runs again and its output replaces the damaged file.
-        Size and mtime unchanged count as unchanged (``catalog.file_problem``).
+        Size and mtime unchanged count as unchanged (``pipeline.files.file_problem``).
 
         A stage with ``PULL`` whose output is missing and in the configured ``[remote]`` downloads
         it here (verified, atomically): complete() is True and Luigi never schedules its upstream

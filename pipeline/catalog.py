@@ -34,7 +34,7 @@ import json
 import os
 import platform
 
-from pipeline.files import file_facts, file_problem  # noqa: F401
+from pipeline.files import file_facts, file_problem
 
 RECORD_FORMAT = 1
 

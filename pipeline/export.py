@@ -27,7 +27,8 @@ import time
 
 from features.errors import ParameterError
 from features.store import check_exclude, compare, copy_shard, dataset_names
-from pipeline.catalog import builder, file_facts, find_record, record_problems, records, verify
+from pipeline.catalog import builder, find_record, record_problems, records, verify
+from pipeline.files import file_facts
 
 CODECS = ("gzip", "lzf", "none", "blosc-zstd")
 
