@@ -4,7 +4,9 @@ For every model of ``models.MODELS`` whose module imports here, on the demo shar
 (the trainers' streaming loader, ``models.stream.PackedLoader``, with ``--workers`` workers, beside a
 plain ``DataLoader`` in the same run; the model's mode and features, batch = the config's
 ``batch_size``) and of full training steps (loader + forward + loss + backward + optimizer step; bf16
-autocast on a GPU). A model whose features are not in the shards is reported with the reason.
+autocast on a GPU), and what one step asks of the host (``ops_per_step``: operators dispatched, each
+a kernel launch on a GPU; ``reads_per_step``: device values read back, each a wait for the GPU;
+``models.syncs``). A model whose features are not in the shards is reported with the reason.
 AVEF (and ACLSTM's and DLSTM's face CNNs) run at small widths on a CPU and at the published sizes
 on a GPU (``--paper`` forces them; ``--set MODEL.FIELD=VALUE`` overrides one field). On a GPU the
 mean utilisation during the timed steps (NVML) is reported beside the rates. DLSTM is benchmarked
@@ -39,6 +41,7 @@ import models  # noqa: E402
 from models.data import ShardDataset, clip_table, collate, find_shards  # noqa: E402
 from models.resident import DATA_MODES, feed  # noqa: E402
 from models.stream import PackedLoader  # noqa: E402
+from models.syncs import StepCounter  # noqa: E402
 from models.train import autocast, classes_of, features_of, make_config  # noqa: E402
 
 SMALL = {"avef": dict(small_crops=True, audio_size=67, audio_channels=(16, 32, 32, 32, 32), visual_size=32,
@@ -180,7 +183,10 @@ def bench(name, table, *, device, paper, steps, workers, data="auto", overrides=
         opt.step()
         return len(b["label"])
 
-    step(next(iter(dl)))  # warm-up (allocations, cudnn autotuning)
+    first = next(iter(dl))
+    step(first)  # warm-up (allocations, cudnn autotuning)
+    with StepCounter() as counted:   # what one step asks of the host: launches and reads (models/syncs.py)
+        step(first)
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
     t0, n = time.perf_counter(), 0
@@ -196,6 +202,7 @@ def bench(name, table, *, device, paper, steps, workers, data="auto", overrides=
             "stream_loader_plain_dataloader_by_workers": plain_by_workers, "data": data_mode,
             "data_ready_s": round(ready_s, 2), "loader_samples_per_s": loader_rate,
             "train_samples_per_s": round(step_rate, 1), "loader_to_step": round(loader_rate / step_rate, 1),
+            "ops_per_step": counted.ops, "reads_per_step": dict(counted.reads),
             "gpu_utilisation_percent": util.mean,
             "overrides": overrides or {}}
 

@@ -178,8 +178,9 @@ class RBM(nn.Module):
         return x if self.gaussian else torch.sigmoid(x)
 
     @torch.no_grad()
-    def cd1(self, v0: torch.Tensor, *, lr: float, u: torch.Tensor | None = None) -> float:
-        """One contrastive-divergence step (CD-1, Hinton 2002); returns the reconstruction MSE.
+    def cd1(self, v0: torch.Tensor, *, lr: float, u: torch.Tensor | None = None) -> torch.Tensor:
+        """One contrastive-divergence step (CD-1, Hinton 2002); returns the reconstruction MSE (a 0-d
+        tensor on the device: the caller reads it when it needs it, not every step).
 
         ph0 = σ(v0 W + c); h0 = [u < ph0] (u uniform); v1 = E[v | h0]; ph1 = σ(v1 W + c);
         W += lr (v0ᵀ ph0 − v1ᵀ ph1) / n; b += lr mean(v0 − v1); c += lr mean(ph0 − ph1).
@@ -193,7 +194,7 @@ class RBM(nn.Module):
         self.W += lr * (v0.T @ ph0 - v1.T @ ph1) / n
         self.b += lr * (v0 - v1).mean(0)
         self.c += lr * (ph0 - ph1).mean(0)
-        return float(((v0 - v1) ** 2).mean())
+        return ((v0 - v1) ** 2).mean()
 
 
 class DBN(nn.Module):
@@ -260,18 +261,18 @@ class AVEF(nn.Module):
             net.train()
             progress = Progress(name, self.cfg.net_epochs, n_items, metric="accuracy")
             for _ in range(self.cfg.net_epochs):
-                total, n, right = 0.0, 0, 0
-                for batch in loader:
+                total, n, right = torch.zeros((), dtype=torch.float64, device=device), 0, 0
+                for batch in loader:   # loss and hits stay on the device until the epoch ends (no sync per step)
                     x, y = batch[key].to(device, non_blocking=True), batch["label"].to(device)
                     logits = net.fc8(net(x))
                     loss = F.cross_entropy(logits, y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    total, n = total + float(loss.detach()) * len(y), n + len(y)
-                    right += int((logits.detach().argmax(1) == y).sum())
-                log[name].append(total / max(n, 1))
-                progress.epoch(loss=log[name][-1], metric=right / max(n, 1), samples=n)
+                    total, n = total + loss.detach() * len(y), n + len(y)
+                    right = right + (logits.detach().argmax(1) == y).sum()
+                log[name].append(float(total) / max(n, 1))
+                progress.epoch(loss=log[name][-1], metric=int(right) / max(n, 1), samples=n)
         self.eval()
         progress = Progress("dbn_input", 1, n_items)
         with torch.no_grad():
@@ -290,7 +291,7 @@ class AVEF(nn.Module):
                 perm = torch.randperm(len(h), generator=g).to(h.device)
                 err = [rbm.cd1(h[perm[i:i + self.cfg.rbm_batch_size]], lr=self.cfg.rbm_lr)
                        for i in range(0, len(h), self.cfg.rbm_batch_size)]
-                errs.append(sum(err) / len(err))
+                errs.append(float(torch.stack(err).mean()))   # one read per epoch
                 progress.epoch(loss=errs[-1])
             log["rbm"].append(errs)
             with torch.no_grad():

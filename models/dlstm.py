@@ -172,12 +172,15 @@ class AttentiveDLSTM(nn.Module):
         z = windows.new_zeros(B, self.hidden)
         s1, s2 = (z, z), (z, z)
         hs, atts = [], []
+        if bypass:   # the central embedding only (§3.1), made once: one_hot reads its input (a sync)
+            central = torch.zeros(B, n, dtype=windows.dtype, device=windows.device)
+            central[:, n // 2] = 1
         for t in range(T):
             if self.tbptt and t and t % self.tbptt == 0:   # truncated BPTT (Lucas §3)
                 s1, s2 = detach_state(s1), detach_state(s2)
             V = windows[:, t]
             if bypass:
-                a = F.one_hot(torch.full((B,), n // 2, device=V.device), n).to(V.dtype)
+                a = central
             else:
                 a = torch.softmax(self.score(s2[0], V), -1)  # eq 1-2
             x = (a.unsqueeze(-1) * V).sum(1)
@@ -236,6 +239,10 @@ class DLSTM(nn.Module):
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         # -1: not pre-trained; else the bypass state (0/1) the frozen video DLSTM was pre-trained into
         self.register_buffer("frozen_bypass", torch.full((), -1, dtype=torch.long))
+        # host copies of the two buffers, so that a training step reads no device value (a sync on
+        # a GPU); refreshed when a state_dict is loaded
+        self._epoch, self._frozen_bypass = 0, -1
+        self.register_load_state_dict_post_hook(_refresh_host_state)
 
     @property
     def video_dim(self) -> int:
@@ -283,13 +290,14 @@ class DLSTM(nn.Module):
     def bypass(self) -> bool:
         """Embedding attention is bypassed for the first ``bypass_epochs`` epochs (§3.1)."""
         c = self.config
-        if int(self.frozen_bypass) >= 0:   # pre-trained and frozen: the input mode it learned (§3.1)
-            return bool(int(self.frozen_bypass))
-        return (not c.embedding_attention) or int(self.epoch) < c.bypass_epochs
+        if self._frozen_bypass >= 0:   # pre-trained and frozen: the input mode it learned (§3.1)
+            return bool(self._frozen_bypass)
+        return (not c.embedding_attention) or self._epoch < c.bypass_epochs
 
     def on_epoch_start(self, epoch: int) -> None:
         """Trainer hook; ``epoch`` counts from 0. Stored in a buffer, so a checkpoint remembers."""
-        self.epoch.fill_(int(epoch))
+        self._epoch = int(epoch)
+        self.epoch.fill_(self._epoch)
 
     def forward(self, batch: dict) -> dict:
         c = self.config
@@ -334,7 +342,8 @@ class DLSTM(nn.Module):
             steps = steps.float()
             target = torch.stack([batch["valence_t"], batch["arousal_t"]], -1).to(steps.dtype)
             m = batch["target_mask"].to(torch.bool)
-            return F.mse_loss(steps[m], target[m]) if bool(m.any()) else (steps * 0).sum()
+            err = torch.where(m.unsqueeze(-1), steps - target, 0)   # the MSE over the steps in m, 0 if none
+            return err.square().sum() / (m.sum() * steps.shape[-1]).clamp_min(1)   # (no sync: m.any())
         pred = masked_mean(steps, mask)
         target = torch.stack([batch["valence"], batch["arousal"]], -1).to(pred.dtype)
         return F.mse_loss(pred, target)
@@ -377,13 +386,19 @@ class DLSTM(nn.Module):
             return self._video_loss(batch)
 
         hist["video"] = fit(groups, video_loss, loader, device, epochs=c.pretrain_epochs, lr=c.lr)
-        self.frozen_bypass.fill_(int(self.bypass))
+        self._frozen_bypass = int(self.bypass)
+        self.frozen_bypass.fill_(self._frozen_bypass)
         self.on_epoch_start(0)
         for mod in (self.audio, self.video, self.cnn):
             if mod is not None:
                 mod.requires_grad_(False)
         self.zero_grad(set_to_none=True)
         return hist
+
+
+def _refresh_host_state(model: DLSTM, _keys) -> None:
+    """After ``load_state_dict``: the host copies of ``epoch`` and ``frozen_bypass`` (read once here)."""
+    model._epoch, model._frozen_bypass = int(model.epoch), int(model.frozen_bypass)
 
 
 def features(cfg: DLSTMConfig) -> tuple[str, ...]:

@@ -151,14 +151,14 @@ def fit(params: Iterable, loss_fn: Callable[[dict], torch.Tensor], loader, devic
     progress = Progress(phase or _phase_name(loss_fn), epochs)
     history = []
     for _ in range(epochs):
-        total, n, samples = 0.0, 0, 0
+        total, n, samples = torch.zeros((), dtype=torch.float64, device=device), 0, 0
         for batch in loader:
             samples += _batch_size(batch)
             loss = loss_fn(to_device(batch, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, n = total + float(loss.detach()), n + 1
-        history.append(total / max(n, 1))
+            total, n = total + loss.detach(), n + 1   # read once per epoch, not per step (a sync on a GPU)
+        history.append(float(total) / max(n, 1))
         progress.epoch(loss=history[-1], samples=samples)
     return history

@@ -81,12 +81,15 @@ class ResidentLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         if self.drop_last:
             order = order[:n - 1]
-        order = order.to(self.device)
+        on_device = order.to(self.device)
         for i in range(0, len(order), self.batch_size):
-            yield self.batch(order[i:i + self.batch_size])
+            yield self.batch(on_device[i:i + self.batch_size], order[i:i + self.batch_size].numpy())
 
-    def batch(self, idx: torch.Tensor) -> dict:
-        """The batch of items ``idx`` (a LongTensor on the device), as ``collate`` gives it."""
+    def batch(self, idx: torch.Tensor, host_idx: np.ndarray | None = None) -> dict:
+        """The batch of items ``idx`` (a LongTensor on the device), as ``collate`` gives it.
+        ``host_idx``, the same indices in a host array, gives each sequence's padded length without
+        reading the device (a sync on a GPU): with it, forming a batch only queues work there."""
+        host_idx = idx.cpu().numpy() if host_idx is None else host_idx
         if self._norm_of is not self.dataset.norm:   # the trainer sets train_ds.norm after fit_norm
             self._norm = {k: tuple(torch.as_tensor(a, device=self.device) for a in v)
                           for k, v in self.dataset.norm.items()}
@@ -96,7 +99,8 @@ class ResidentLoader:
         masks = {}
         for key, (flat, offsets, lengths) in a["steps"].items():
             L = lengths.index_select(0, idx)
-            T = int(L.max()) if len(L) else 0
+            host_L = a["host_lengths"][key][host_idx]
+            T = int(host_L.max()) if len(host_L) else 0
             steps = torch.arange(T, device=self.device)
             m = steps[None, :] < L[:, None]
             pos = torch.where(m, offsets.index_select(0, idx)[:, None] + steps[None, :], 0)
@@ -138,7 +142,8 @@ class ResidentLoader:
 
 def materialise(dataset, device) -> dict:
     """Every item of ``dataset``, unnormalised, as device arrays: ``fixed`` {key: (N, ...)} and, in
-    clip/segment mode, ``steps`` {key: (flat (ΣT, ...), offsets (N,), lengths (N,))}."""
+    clip/segment mode, ``steps`` {key: (flat (ΣT, ...), offsets (N,), lengths (N,))} and
+    ``host_lengths`` {key: lengths (N,) as a numpy array}."""
     raw = copy.copy(dataset)
     raw.norm = {}
     n, clip_mode = len(raw), raw.mode != "window"
@@ -158,7 +163,7 @@ def materialise(dataset, device) -> dict:
                 fixed[key][start:start + len(items)] = x.to(device, non_blocking=False)
     for key, values in scalars.items():
         fixed[key] = _scalar_tensor(values).to(device)
-    out_steps = {}
+    out_steps, host_lengths = {}, {}
     for key, chunks in steps.items():
         values = [v for chunk in chunks for v in chunk]
         lengths = torch.as_tensor([len(v) for v in values], dtype=torch.int64)
@@ -167,7 +172,8 @@ def materialise(dataset, device) -> dict:
         if flat.dtype == torch.float64:
             flat = flat.float()
         out_steps[key] = (flat.to(device), offsets.to(device), lengths.to(device))
-    return {"fixed": fixed, "steps": out_steps}
+        host_lengths[key] = lengths.numpy()
+    return {"fixed": fixed, "steps": out_steps, "host_lengths": host_lengths}
 
 
 def estimate_bytes(dataset, sample: int = 8) -> int:

@@ -256,8 +256,8 @@ class SincNetText(nn.Module):
             return self.audio(wav.gather(1, idx))
         shift = max(1, int(round(c.sr * c.eval_shift_ms / 1000)))
         chunks, owner = [], []
-        for b in range(B):
-            n = max(1, (int(length[b]) - K) // shift + 1)
+        for b, n_samples in enumerate(length.tolist()):   # one read of the lengths, not one per clip
+            n = max(1, (n_samples - K) // shift + 1)
             chunks.append(wav[b, : (n - 1) * shift + K].unfold(0, K, shift))
             owner.append(torch.full((n,), b, device=wav.device))
         chunks, owner = torch.cat(chunks), torch.cat(owner)

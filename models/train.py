@@ -158,7 +158,7 @@ def train_epoch(model, module, dl, opt, device, precision: str | None = None, sc
     model.train()
     loss_fn = _hook(model, module, "loss")
     scaler = grad_scaler(device, precision) if scaler is None else scaler
-    total, n = 0.0, 0
+    total, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in dl:
         batch = _to(batch, device)
         with autocast(device, precision):
@@ -168,10 +168,11 @@ def train_epoch(model, module, dl, opt, device, precision: str | None = None, sc
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        total, n = total + float(loss.detach()) * len(batch["label"]), n + len(batch["label"])
+        k = len(batch["label"])   # the loss stays on the device: reading it each step would wait for the GPU
+        total, n = total + loss.detach() * k, n + k
     if stats is not None:
         stats["samples"] = n
-    return total / max(n, 1)
+    return float(total) / max(n, 1)
 
 
 def _first_map(w, batch, out):
