@@ -189,6 +189,13 @@ def _first_map(w, batch, out):
     return w
 
 
+def _own(v: torch.Tensor) -> torch.Tensor:
+    """``v`` detached, float32 if floating (bf16 -> fp32; ids stay int), in storage of its own (a view
+    kept until the end of ``predict`` would keep the whole activation it views)."""
+    v = v.detach().float() if v.is_floating_point() else v.detach()
+    return v.clone() if v.untyped_storage().nbytes() > v.nbytes else v
+
+
 @torch.no_grad()
 def predict(model, module, dl, device, precision: str | None = None) -> dict:
     """Outputs over a loader: clip, label, logits/pred, embedding, targets, loss; the first
@@ -199,29 +206,33 @@ def predict(model, module, dl, device, precision: str | None = None) -> dict:
     loss_fn = _hook(model, module, "loss")
     keep = {"clip": [], "label": [], "logits": [], "pred": [], "embedding": [], "valence": [], "arousal": []}
     steps = {"clip_t": [], "step_t": [], "pred_t": [], "valence_t": [], "arousal_t": []}
-    total, n, attention = 0.0, 0, None
-    for batch in dl:
+    total, n, attention = torch.zeros((), dtype=torch.float64, device=device), 0, None
+    per_step = []   # (target_mask, clip, steps, valence_t, arousal_t) of each batch, read after the loop
+    for batch in dl:   # the outputs stay on the device until every batch is queued: no read per batch
         batch = _to(batch, device)
         with autocast(device, precision):
             out = model(batch)
         loss = loss_fn(out, batch)
-        total, n = total + float(loss.detach()) * len(batch["label"]), n + len(batch["label"])
+        total, n = total + loss.detach() * len(batch["label"]), n + len(batch["label"])
         for k in keep:
             src = out if k in ("logits", "pred", "embedding") else batch
             if k in src:
-                v = src[k]
-                keep[k].append((v.float() if v.is_floating_point() else v).cpu().numpy())  # bf16 -> fp32; ids stay int
+                keep[k].append(_own(src[k]))
         if "steps" in out and "pred" in out and "target_mask" in batch:   # per-window outputs and targets
-            m = batch["target_mask"].bool()
-            steps["clip_t"].append(batch["clip"][:, None].expand_as(m)[m].cpu().numpy())
-            steps["step_t"].append(torch.arange(m.shape[1], device=m.device).expand_as(m)[m].cpu().numpy())
-            steps["pred_t"].append(out["steps"].float()[m].cpu().numpy())
-            for k in ("valence_t", "arousal_t"):
-                steps[k].append(batch[k].float()[m].cpu().numpy())
+            per_step.append((batch["target_mask"].bool(), batch["clip"], _own(out["steps"]),
+                             _own(batch["valence_t"]), _own(batch["arousal_t"])))
         if attention is None and "attention" in out:
             attention = {k: _first_map(v, batch, out) for k, v in out["attention"].items()}
+    keep = {k: [v.cpu().numpy() for v in vs] for k, vs in keep.items()}
+    for m, clip, pred, va, ar in per_step:
+        m, pred = m.cpu().numpy(), pred.cpu().numpy()
+        steps["clip_t"].append(np.broadcast_to(clip.cpu().numpy()[:, None], m.shape)[m])
+        steps["step_t"].append(np.broadcast_to(np.arange(m.shape[1]), m.shape)[m])
+        steps["pred_t"].append(pred[m])
+        steps["valence_t"].append(va.cpu().numpy()[m])
+        steps["arousal_t"].append(ar.cpu().numpy()[m])
     res = {k: np.concatenate(v) for k, v in {**keep, **steps}.items() if v}
-    res["loss"], res["attention"] = total / max(n, 1), attention
+    res["loss"], res["attention"] = float(total) / max(n, 1), attention
     return res
 
 

@@ -2,6 +2,7 @@
 ``float(t)``, ``bool(t)``, ``nonzero``, ``x[mask]``) waits until the device has run every queued
 kernel, so the host cannot queue the next step while this one computes. Counted on the CPU with
 ``models.syncs.StepCounter``, where the same calls reach the dispatcher."""
+import numpy as np
 import pytest
 import torch
 
@@ -75,7 +76,7 @@ def test_the_counter_sees_a_read():
     assert reads.ops >= 10   # every operator: sum, item, gt, any, ...
 
 
-def test_a_training_epoch_on_resident_clips_reads_once(full_store):
+def test_an_epoch_on_resident_clips_reads_once(full_store):
     """``train_epoch`` over resident clip batches (perception, several step keys of unequal length):
     one read for the whole epoch, the mean loss at its end. Forming a batch takes each sequence's
     padded length from host copies of the lengths; the loss is summed on the device."""
@@ -96,6 +97,16 @@ def test_a_training_epoch_on_resident_clips_reads_once(full_store):
         loss = train.train_epoch(model, module, dl, opt, "cpu", stats=stats)
     assert reads.reads == {"_local_scalar_dense": 1}, dict(reads.reads)
     assert stats["samples"] == len(ds) - (len(ds) % 4 == 1) and loss > 0
+    # prediction (validation every epoch, the test part): outputs read after the loop, so its reads
+    # (the loss, the first batch's attention maps) do not grow with the batches
+    counts, preds = [], []
+    for bs in (2, 6):
+        with StepCounter() as reads:
+            preds.append(train.predict(model, module, ResidentLoader(ds, batch_size=bs, device="cpu"), "cpu"))
+        counts.append(dict(reads.reads))
+    assert counts[0] == counts[1], counts
+    np.testing.assert_array_equal(preds[0]["clip"], preds[1]["clip"])
+    np.testing.assert_allclose(preds[0]["logits"], preds[1]["logits"], rtol=1e-4, atol=1e-5)
 
 
 def _reads(run) -> dict:
