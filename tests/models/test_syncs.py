@@ -131,3 +131,16 @@ def test_pre_training_reads_per_epoch_not_per_step(name):
 
     few, many = run(2), run(6)
     assert few == many and sum(few.values()) > 0, (few, many)
+
+
+def test_dlstm_host_copies_follow_a_loaded_checkpoint():
+    """DLSTM reads its epoch and frozen bypass state from host copies; loading a state_dict (``--resume``,
+    ``load_checkpoint``) refreshes them from the buffers, so a resumed fold bypasses as the original."""
+    model = test_dlstm.tiny(video_feature="descriptor", bypass_epochs=3)
+    model.on_epoch_start(5)
+    assert not model.bypass
+    model.frozen_bypass.fill_(1)   # as pretrain_unimodal leaves it when frozen in the bypass mode
+    fresh = test_dlstm.tiny(video_feature="descriptor", bypass_epochs=3)
+    assert fresh._epoch == 0 and fresh._frozen_bypass == -1
+    fresh.load_state_dict(model.state_dict())
+    assert (fresh._epoch, fresh._frozen_bypass) == (5, 1) and fresh.bypass
