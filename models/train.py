@@ -190,8 +190,9 @@ def _first_map(w, batch, out):
 
 
 def _own(v: torch.Tensor) -> torch.Tensor:
-    """``v`` detached, float32 if floating (bf16 -> fp32; ids stay int), in storage of its own (a view
-    kept until the end of ``predict`` would keep the whole activation it views)."""
+    """``v`` detached, float32 if floating (bf16 -> fp32; ids stay int), in storage of its own: a view
+    kept until the end of ``predict`` would keep what it views (a whole activation, or the streaming
+    loader's buffer of several batches, crops included)."""
     v = v.detach().float() if v.is_floating_point() else v.detach()
     return v.clone() if v.untyped_storage().nbytes() > v.nbytes else v
 
@@ -219,7 +220,7 @@ def predict(model, module, dl, device, precision: str | None = None) -> dict:
             if k in src:
                 keep[k].append(_own(src[k]))
         if "steps" in out and "pred" in out and "target_mask" in batch:   # per-window outputs and targets
-            per_step.append((batch["target_mask"].bool(), batch["clip"], _own(out["steps"]),
+            per_step.append((_own(batch["target_mask"].bool()), _own(batch["clip"]), _own(out["steps"]),
                              _own(batch["valence_t"]), _own(batch["arousal_t"])))
         if attention is None and "attention" in out:
             attention = {k: _first_map(v, batch, out) for k, v in out["attention"].items()}
