@@ -386,6 +386,8 @@ class BatchTask(luigi.Task):
                 "reason": np.array(reason, dtype=object)}
 
     def progress(self, done: int, total: int, what: str) -> None:
+        if self.set_progress_percentage is None:   # called outside a luigi worker (a test, a notebook)
+            return
         self.set_progress_percentage(int(100 * done / max(total, 1)))
         self.set_status_message(f"{self.STAGE} batch {self.batch}: {done}/{total} clips {what}")
 

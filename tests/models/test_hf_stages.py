@@ -108,6 +108,65 @@ def test_the_stage_computes_what_the_extractor_gives(hf_store):
     assert not s.video(c, "image_encoder")[~s.video(c, "found").astype(bool)].any()
 
 
+def _wav2vec_batch(store, models):
+    """The Wav2Vec task of batch 0 of the hf_store build and its opened inputs, as ``run`` has them."""
+    from pipeline.base import read_input
+    from pipeline.embeddings import Wav2Vec
+
+    task = Wav2Vec(dataset="demo", batch=0, batch_size=8, store=str(store), weights=str(models["wav2vec"]),
+                   manifest=os.path.join(ROOT, "data_manifest.yaml"))
+    assert task.complete()   # the same parameters as the build
+    req = task.requires()
+    inputs = {name: read_input(req[name], *groups) for name, groups in task.READS.items()}
+    task.open_inputs(inputs, None)
+    return task, inputs
+
+
+def test_wav2vec_runs_the_batch_clips_together_and_one_by_one_when_that_fails(hf_store, monkeypatch):
+    """``infer_batch_size`` clips share a forward pass in a build (one extractor call for the batch);
+    each clip's vectors equal those of the clip run alone (padding and the attention mask included). Should the batched call fail, the clips
+    run one by one: the clip that fails alone is recorded with its reason, the others keep theirs."""
+    store, models = hf_store
+    task, inputs = _wav2vec_batch(store, models)
+    clips = task.clips()
+    ok = [i for i, s in enumerate(task.start_status(inputs)[0]) if s == "ok"]
+    assert len(ok) >= 4
+    alone = {i: task.compute(i, clips[i], inputs) for i in ok}
+    real, calls = wav2vec.speech_embeddings, []
+
+    def spy(speech, waveforms, spans, **kw):
+        calls.append((len(waveforms), kw["batch_size"]))
+        return real(speech, waveforms, spans, **kw)
+
+    monkeypatch.setattr(wav2vec, "speech_embeddings", spy)
+    assert task.clips_per_pass("cpu") == 1 and task.clips_per_pass("cuda:0") == 8   # infer_batch_size 0: auto
+    task.infer_batch_size = 4   # set: 4 clips per padded, attention-masked pass on any device
+    results, status, reason = task.compute_batch(inputs)
+    assert calls == [(len(ok), 4)]
+    for i in ok:
+        assert status[i] == "ok"
+        for key in ("windows/wav2vec", "wav2vec/clip"):
+            np.testing.assert_allclose(results[i][key], alone[i][key], rtol=1e-4, atol=1e-5)
+    assert all(results[i] is None for i in range(len(clips)) if i not in ok)
+    lengths = np.diff(inputs["waveform"]["audio"]["offsets"])
+    target = int(lengths[ok[1]])   # a clip the model refuses, recognised by its waveform's length
+    assert (lengths[ok] == target).sum() == 1
+
+    def refuses_one(speech, waveforms, spans, **kw):
+        if any(len(w) == target for w in waveforms):
+            raise RuntimeError("made up for the test")
+        return real(speech, waveforms, spans, **kw)
+
+    monkeypatch.setattr(wav2vec, "speech_embeddings", refuses_one)
+    results, status, reason = task.compute_batch(inputs)
+    assert status[ok[1]] == "error" and reason[ok[1]] == "wav2vec: RuntimeError: made up for the test"
+    assert results[ok[1]] is None
+    for i in ok:
+        if i != ok[1]:
+            assert status[i] == "ok"
+            np.testing.assert_array_equal(results[i]["wav2vec/clip"], alone[i]["wav2vec/clip"])
+
+
 def test_a_missing_model_folder_stops_the_stage_with_the_embeddings_message(full_store, emb_weights, tmp_path,
                                                                               caplog):
     store = tmp_path / "store"
