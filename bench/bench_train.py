@@ -17,7 +17,9 @@ has every feature the models read (``logmel``, ``crop(_small)``, ``pca``, ``desc
 ``waveform``, ``vggish``/``vggish_window``, ``glove``); e.g. one built with
 ``luigi --module pipeline BuildShards --dataset demo --VGGish-weights W.pth --GloVe-path G.txt``.
 Without it the demo is built into a temporary folder with random VGGish weights in the published
-format and a GloVe file covering the demo transcripts (:func:`embedding_files`; about 2 minutes).
+format and a GloVe file covering the demo transcripts (:func:`embedding_files`; about 2 minutes);
+``--build-store DIR`` builds that store into DIR and exits (``bench/gpu_check.sh`` takes a portable
+copy of it).
 """
 from __future__ import annotations
 
@@ -72,9 +74,11 @@ def embedding_files(folder: str) -> list[str]:
     return ["--VGGish-weights", weights, "--GloVe-path", glove]
 
 
-def demo_store() -> str:
-    """The demo shards with every feature a model reads (VGGish and GloVe from :func:`embedding_files`)."""
-    store = tempfile.mkdtemp(prefix="bench_train_")
+def demo_store(store: str | None = None) -> str:
+    """The demo shards with every feature a model reads (VGGish and GloVe from :func:`embedding_files`),
+    built into ``store`` (default: a new temporary folder)."""
+    store = store or tempfile.mkdtemp(prefix="bench_train_")
+    os.makedirs(store, exist_ok=True)
     subprocess.run(["luigi", "--module", "pipeline", "BuildShards", "--dataset", "demo", "--store", store,
                     "--local-scheduler", "--batch-size", "8", *embedding_files(store)], cwd=ROOT, check=True,
                    capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT))
@@ -210,6 +214,8 @@ def bench(name, table, *, device, paper, steps, workers, data="auto", overrides=
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--store", help="a store holding the demo shards (default: build them in a temporary folder)")
+    p.add_argument("--build-store", metavar="DIR", help="only build the demo shards with every feature into DIR "
+                                                         "and exit (for --store, or avstore export to a GPU host)")
     p.add_argument("--paper", action="store_true", help="the published sizes also on a CPU")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--workers", default="2", help="DataLoader workers of the streaming loader; a list (1,2,4,8) "
@@ -221,6 +227,9 @@ def main():
     p.add_argument("--set", action="append", default=[], metavar="MODEL.FIELD=VALUE",
                    help="a config override for one model, VALUE as JSON (e.g. avef.small_crops=true)")
     args = p.parse_args()
+    if args.build_store:
+        print(demo_store(args.build_store))
+        return
     torch.set_num_threads(args.threads)
     workers = [int(w) for w in str(args.workers).split(",")]
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -2,9 +2,10 @@
 # The GPU checks of the trainers in one run, for a machine with torch and h5py (no luigi, PyAV or
 # hdf5plugin needed): bash bench/gpu_check.sh STORE [OUT]
 #
-# STORE: a portable copy of the demo build with VGGish and GloVe, made where the pipeline runs:
-#   python bench/bench_train.py --help   (how to build the demo with every feature), then
-#   avstore export --dataset demo --codec gzip --exclude video/crop --out STORE   (about 30 MiB)
+# STORE: a portable copy of the demo build with every feature the models read (random VGGish
+# weights, GloVe vectors of the demo's words), made where the pipeline runs:
+#   python bench/bench_train.py --build-store full
+#   avstore --store full export --dataset demo --codec gzip --exclude video/crop --out STORE   # ~30 MiB
 # OUT (default: a temporary folder) receives one JSON per step and train.log per model.
 # Steps, each under its own time limit so that one hang does not take the rest:
 #   1. bench_train, every model at the published sizes, resident data: samples/s, GPU utilisation,
