@@ -124,8 +124,9 @@ def _wav2vec_batch(store, models):
 
 def test_wav2vec_runs_the_batch_clips_together_and_one_by_one_when_that_fails(hf_store, monkeypatch):
     """``infer_batch_size`` clips share a forward pass in a build (one extractor call for the batch);
-    each clip's vectors equal those of the clip run alone (padding and the attention mask included). Should the batched call fail, the clips
-    run one by one: the clip that fails alone is recorded with its reason, the others keep theirs."""
+    each clip's vectors equal those of the clip run alone (padding and the attention mask included).
+    Should the batched call fail, the clips run one by one: the clip that fails alone is recorded
+    with its reason, the others keep theirs."""
     store, models = hf_store
     task, inputs = _wav2vec_batch(store, models)
     clips = task.clips()
