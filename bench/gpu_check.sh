@@ -6,7 +6,7 @@
 # weights, GloVe vectors of the demo's words), made where the pipeline runs:
 #   python bench/bench_train.py --build-store full
 #   avstore --store full export --dataset demo --codec gzip --exclude video/crop --out STORE   # ~30 MiB
-# OUT (default: a temporary folder) receives one JSON per step and train.log per model.
+# OUT (default: a temporary folder) receives one JSON per step, train-MODEL.log and the runs.
 # Steps, each under its own time limit so that one hang does not take the rest:
 #   1. bench_train, every model at the published sizes, resident data: samples/s, GPU utilisation,
 #      ops and device reads per step (AVEF on the 72 px crops, as the portable copy holds them);
@@ -15,9 +15,9 @@
 # Environment: STEPS (30), WORKERS (1,2,4,8,14), THREADS (4), EPOCHS (2), TRAIN (the models of step 3:
 # "avef aclstm dlstm perception sincnet_text").
 set -uo pipefail
+STORE=$(realpath "${1:?usage: bash bench/gpu_check.sh STORE [OUT]}")
+OUT=$(realpath -m "${2:-$(mktemp -d)}")
 cd "$(dirname "$0")/.."
-STORE=${1:?usage: bash bench/gpu_check.sh STORE [OUT]}
-OUT=${2:-$(mktemp -d)}
 STEPS=${STEPS:-30} WORKERS=${WORKERS:-1,2,4,8,14} THREADS=${THREADS:-4} EPOCHS=${EPOCHS:-2}
 TRAIN=${TRAIN:-avef aclstm dlstm perception sincnet_text}
 mkdir -p "$OUT"
