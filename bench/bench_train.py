@@ -115,7 +115,7 @@ class GPUUtilisation:
         return round(float(np.mean(self.samples)), 1) if self.samples else None
 
 
-def bench(name, table, *, device, paper, steps, workers, data="auto", overrides=None) -> dict:
+def bench(name, table, *, device, paper, steps, workers, data="auto", overrides=None, barrier=None) -> dict:
     module = models.load(name)
     cfg = make_config(module, {**({} if paper else SMALL.get(name, {})), **(overrides or {})})
     if getattr(cfg, "task", None) == "regression" and not np.isfinite(table.valence).any():
@@ -193,6 +193,10 @@ def bench(name, table, *, device, paper, steps, workers, data="auto", overrides=
         step(first)
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+    if barrier:   # one of --processes N: the timed steps of all N start together
+        open(os.path.join(barrier, f"ready.{os.getpid()}"), "w").close()
+        while not os.path.exists(os.path.join(barrier, "go")):
+            time.sleep(0.01)
     t0, n = time.perf_counter(), 0
     with GPUUtilisation() as util:
         for b in batches(dl, steps):
@@ -226,6 +230,10 @@ def main():
     p.add_argument("--models", nargs="*", default=None)
     p.add_argument("--set", action="append", default=[], metavar="MODEL.FIELD=VALUE",
                    help="a config override for one model, VALUE as JSON (e.g. avef.small_crops=true)")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="N processes time their steps at once, as --folds-parallel N trains N folds on one "
+                        "GPU: their samples/s and the sum")
+    p.add_argument("--barrier", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.build_store:
         print(demo_store(args.build_store))
@@ -233,7 +241,8 @@ def main():
     torch.set_num_threads(args.threads)
     workers = [int(w) for w in str(args.workers).split(",")]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    table = clip_table(find_shards(args.store or demo_store(), "demo"))
+    args.store = args.store or demo_store()
+    table = clip_table(find_shards(args.store, "demo"))
     names = args.models or list(models.available())
     out = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
            "torch": torch.__version__, "threads": args.threads, "workers": workers, "steps": args.steps,
@@ -241,9 +250,45 @@ def main():
     for name in names:
         overrides = {k.split(".", 1)[1]: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)
                      if k.split(".", 1)[0] == name}
+        if args.processes > 1:
+            out["models"][name] = concurrent(name, args, workers)
+            continue
         out["models"][name] = bench(name, table, device=device, paper=args.paper or device == "cuda",
-                                    steps=args.steps, workers=workers, data=args.data, overrides=overrides)
+                                    steps=args.steps, workers=workers, data=args.data, overrides=overrides,
+                                    barrier=args.barrier)
     print(json.dumps(out, indent=1))
+
+
+def concurrent(name: str, args, workers: list) -> dict:
+    """``args.processes`` copies of this bench for model ``name`` (the largest worker count only), their
+    timed steps started together (a barrier folder): each one's samples/s, the sum and each one's GPU
+    utilisation. Folds are independent, so on a GPU that one fold's steps leave idle this is the rate
+    ``--folds-parallel N`` reaches."""
+    with tempfile.TemporaryDirectory(prefix="bench_train_barrier_") as barrier:
+        cmd = [sys.executable, os.path.abspath(__file__), "--store", args.store, "--steps", str(args.steps),
+               "--workers", str(max(workers)), "--data", args.data, "--threads", str(args.threads),
+               "--models", name, "--barrier", barrier, *(["--paper"] if args.paper else []),
+               *[x for s in args.set for x in ("--set", s)]]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                 for _ in range(args.processes)]
+        while len([f for f in os.listdir(barrier) if f.startswith("ready.")]) < len(procs):
+            if any(p.poll() is not None for p in procs):   # one ended before its timed steps: report it
+                break
+            time.sleep(0.05)
+        open(os.path.join(barrier, "go"), "w").close()
+        runs = []
+        for p in procs:
+            stdout, stderr = p.communicate()
+            if p.returncode:
+                return {"failed": f"exit {p.returncode}: {stderr.strip().splitlines()[-1] if stderr.strip() else ''}"}
+            runs.append(json.loads(stdout)["models"][name])
+    if any("skipped" in r for r in runs):
+        return runs[0]
+    each = [r["train_samples_per_s"] for r in runs]
+    return {"processes": args.processes, "train_samples_per_s_each": each,
+            "train_samples_per_s_total": round(sum(each), 1),
+            "gpu_utilisation_percent_each": [r["gpu_utilisation_percent"] for r in runs],
+            "data": runs[0]["data"], "batch_size": runs[0]["batch_size"], "sizes": runs[0]["sizes"]}
 
 
 if __name__ == "__main__":
