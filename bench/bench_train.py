@@ -19,7 +19,8 @@ has every feature the models read (``logmel``, ``crop(_small)``, ``pca``, ``desc
 Without it the demo is built into a temporary folder with random VGGish weights in the published
 format and a GloVe file covering the demo transcripts (:func:`embedding_files`; about 2 minutes);
 ``--build-store DIR`` builds that store into DIR and exits (``bench/gpu_check.sh`` takes a portable
-copy of it).
+copy of it). ``--processes N`` times N copies of each model's steps started together and prints each
+one's samples/s and their sum (the rate of ``models.train --folds-parallel N`` on one device).
 """
 from __future__ import annotations
 
