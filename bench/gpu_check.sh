@@ -17,7 +17,9 @@
 # Environment: STEPS (30), WORKERS (1,2,4,8,14), THREADS (4), PROCESSES (4), EPOCHS (2), TRAIN (the
 # models of step 4: "avef aclstm dlstm perception sincnet_text").
 set -uo pipefail
-STORE=$(realpath "${1:?usage: bash bench/gpu_check.sh STORE [OUT]}")
+STORE=${1:?usage: bash bench/gpu_check.sh STORE [OUT]}
+[ -d "$STORE" ] || { echo "gpu_check: $STORE is not a folder: make the portable store first (see the top of $0)" >&2; exit 2; }
+STORE=$(realpath "$STORE")
 OUT=$(realpath -m "${2:-$(mktemp -d)}")
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-30} WORKERS=${WORKERS:-1,2,4,8,14} THREADS=${THREADS:-4} EPOCHS=${EPOCHS:-2} PROCESSES=${PROCESSES:-4}

@@ -352,10 +352,11 @@ def face_models(detector: str, upsample: int):
 
 def faces_of_clip(path, *, fps, detect, predictor, detect_every=10, full_every=30, detect_width=320,
                   max_gap=5, margin=0.9, crop_size=173, crop_size_small=72, gray=False) -> tuple[dict, dict]:
-    """What the ``Faces`` stage (``pipeline.video``) computes for one clip (its defaults): decode, detect and track the subject's
-    face, 68 landmarks, key-point crops and the 49-point shape. ``bench/bench_faces.py`` times
-    this very function. ``gray``: ``detect`` is handed the tracked grayscale frame (``track_faces``;
-    off in ``Faces``: faster, but on the demo's 52 px faces it finds a few frames fewer). Returns (``read_video``'s info, the clip's arrays by dataset name);
+    """What the ``Faces`` stage (``pipeline.video``) computes for one clip (its defaults): decode,
+    detect and track the subject's face, 68 landmarks, key-point crops and the 49-point shape.
+    ``bench/bench_faces.py`` times this very function. ``gray``: ``detect`` is handed the tracked
+    grayscale frame (``track_faces``; off in ``Faces``: faster, but on the demo's 52 px faces it
+    finds a few frames fewer). Returns (``read_video``'s info, the clip's arrays by dataset name);
     raises ``ClipError`` for a clip without a face (and ``read_video``'s errors)."""
     from features import landmarks, video
     from features.errors import ClipError

@@ -405,6 +405,9 @@ class Wav2Vec(InferenceTask):
         """``infer_batch_size``, or with 0: 8 clips on a GPU (8 of 10 s hold 0.5 GB after the first
         convolution of a base model), 1 on a CPU, where padded batches were slower (wav2vec 2.0 base,
         2 threads, 16 clips of 2-6 s: 9.0 s of audio per second at 8 per pass, 12.1 one by one)."""
+        if self.infer_batch_size < 0:
+            raise ValueError(f"Wav2Vec infer_batch_size must be >= 1, or 0 for 8 on a GPU and 1 on a CPU; "
+                             f"got {self.infer_batch_size}")
         if self.infer_batch_size:
             return self.infer_batch_size
         return 8 if device.startswith("cuda") else 1
@@ -416,13 +419,14 @@ class Wav2Vec(InferenceTask):
         cannot take fails by itself and the rest keep their vectors."""
         from features import wav2vec
 
+        per_pass = self.clips_per_pass(inputs["device"])   # (a bad value stops the stage, not a clip)
         status, reason = self.start_status(inputs)
         ok = [i for i in range(len(self.clips())) if status[i] == "ok"]
         try:
             out = wav2vec.speech_embeddings(
                 inputs["model"], [clip_rows(inputs["waveform"]["audio"], "waveform", i) for i in ok],
-                [self.spans(i, inputs) for i in ok], layer=self.layer,
-                batch_size=self.clips_per_pass(inputs["device"]), device=inputs["device"], precision=self.precision)
+                [self.spans(i, inputs) for i in ok], layer=self.layer, batch_size=per_pass,
+                device=inputs["device"], precision=self.precision)
         except Exception as err:   # (a too-short clip, memory): one clip at a time, each failure its own
             logger.warning("wav2vec: the batch of %d clips failed together (%s: %s); running them one by one",
                            len(ok), type(err).__name__, err)

@@ -66,6 +66,7 @@ class ClipStage(BatchTask):
     GATE = ""
     #: {input: groups ``read_input`` reads, "group" or "group/name"}: ``inputs[input]`` in ``compute``
     READS: dict = {}
+
     def columns(self, inputs: dict) -> dict[str, Column]:
         """{"group/name": Column} of what ``compute`` returns for a clip."""
         return {}
@@ -96,13 +97,19 @@ class ClipStage(BatchTask):
         """``features.store.write``'s compression by dtype kind (None: ``store.COMPRESSION``)."""
         return None
 
+    def read_inputs(self, stack: contextlib.ExitStack) -> dict:
+        """The ``inputs`` that ``compute`` gets: the ``READS`` groups of each input, the ``GATE``
+        input's clip table, and what ``open_inputs`` adds (closed by ``stack``)."""
+        req = self.requires()
+        inputs = {name: read_input(req[name], *groups) for name, groups in self.READS.items()}
+        if self.GATE and self.GATE not in inputs:
+            inputs[self.GATE] = read_input(req[self.GATE])
+        self.open_inputs(inputs, stack)
+        return inputs
+
     def run(self):
         with contextlib.ExitStack() as stack:
-            req = self.requires()
-            inputs = {name: read_input(req[name], *groups) for name, groups in self.READS.items()}
-            if self.GATE and self.GATE not in inputs:
-                inputs[self.GATE] = read_input(req[self.GATE])
-            self.open_inputs(inputs, stack)
+            inputs = self.read_inputs(stack)
             results, status, reason = self.compute_batch(inputs)
             groups = {"clips": self.clip_group(status, reason)}
             for name, arrays in self.pack_columns(results, self.columns(inputs)).items():

@@ -3,6 +3,7 @@ model's layer per 655 ms window and per clip), image_encoder (a ViT on the face 
 frame) and bert (token vectors in GloVe's layout), built into the demo shards from tiny random
 models saved in the Hugging Face format, read back by the trainers' data module with nothing but
 their declarations; a missing folder stops a stage with the message the other embeddings give."""
+import contextlib
 import os
 
 import numpy as np
@@ -108,27 +109,25 @@ def test_the_stage_computes_what_the_extractor_gives(hf_store):
     assert not s.video(c, "image_encoder")[~s.video(c, "found").astype(bool)].any()
 
 
-def _wav2vec_batch(store, models):
+def _wav2vec_batch(store, models, stack):
     """The Wav2Vec task of batch 0 of the hf_store build and its opened inputs, as ``run`` has them."""
-    from pipeline.base import read_input
     from pipeline.embeddings import Wav2Vec
 
     task = Wav2Vec(dataset="demo", batch=0, batch_size=8, store=str(store), weights=str(models["wav2vec"]),
                    manifest=os.path.join(ROOT, "data_manifest.yaml"))
     assert task.complete()   # the same parameters as the build
-    req = task.requires()
-    inputs = {name: read_input(req[name], *groups) for name, groups in task.READS.items()}
-    task.open_inputs(inputs, None)
-    return task, inputs
+    return task, task.read_inputs(stack)
 
 
-def test_wav2vec_runs_the_batch_clips_together_and_one_by_one_when_that_fails(hf_store, monkeypatch):
+def test_wav2vec_runs_the_batch_clips_together_and_one_by_one_when_that_fails(hf_store, monkeypatch, request):
     """``infer_batch_size`` clips share a forward pass in a build (one extractor call for the batch);
     each clip's vectors equal those of the clip run alone (padding and the attention mask included).
     Should the batched call fail, the clips run one by one: the clip that fails alone is recorded
     with its reason, the others keep theirs."""
     store, models = hf_store
-    task, inputs = _wav2vec_batch(store, models)
+    stack = contextlib.ExitStack()
+    request.addfinalizer(stack.close)
+    task, inputs = _wav2vec_batch(store, models, stack)
     clips = task.clips()
     ok = [i for i, s in enumerate(task.start_status(inputs)[0]) if s == "ok"]
     assert len(ok) >= 4
@@ -141,6 +140,9 @@ def test_wav2vec_runs_the_batch_clips_together_and_one_by_one_when_that_fails(hf
 
     monkeypatch.setattr(wav2vec, "speech_embeddings", spy)
     assert task.clips_per_pass("cpu") == 1 and task.clips_per_pass("cuda:0") == 8   # infer_batch_size 0: auto
+    task.infer_batch_size = -1
+    with pytest.raises(ValueError, match="infer_batch_size must be >= 1"):   # the user's mistake: not per clip
+        task.compute_batch(inputs)
     task.infer_batch_size = 4   # set: 4 clips per padded, attention-masked pass on any device
     results, status, reason = task.compute_batch(inputs)
     assert calls == [(len(ok), 4)]
